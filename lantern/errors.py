@@ -1,0 +1,44 @@
+"""One exception root for the whole project.
+
+Edges (CLI, stream shells) catch :class:`LanternError` and turn it into an exit code or a
+dead-letter record; nothing below them prints or exits.
+"""
+
+from __future__ import annotations
+
+
+class LanternError(Exception):
+    """Root of every error lantern raises on purpose."""
+
+    exit_code = 1
+
+
+class ConfigError(LanternError):
+    """A setting, flag or path is wrong; the message says which and what to do."""
+
+    exit_code = 2
+
+
+class DataValidationError(LanternError):
+    """Input data breaks the data contract. Names the file, row and field."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, *, file: str = "", row: int | None = None, field: str = ""):
+        self.file, self.row, self.field, self.reason = file, row, field, message
+        where = ", ".join(
+            part
+            for part in (
+                f"file {file}" if file else "",
+                f"row {row}" if row is not None else "",
+                f"field {field}" if field else "",
+            )
+            if part
+        )
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+class ModelError(LanternError):
+    """A model checkpoint is missing, incompatible with the data, or corrupt."""
+
+    exit_code = 4

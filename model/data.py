@@ -1,0 +1,102 @@
+"""Dataset → encoded arrays → torch batches; user-level splits; masked-question hiding."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from lantern.dataset.io import Dataset
+from lantern.dataset.questionnaire import Questionnaire
+from model.encoding import (FeatureSpec, SourceArrays, SurveyArrays, absent_source, encode_surveys,
+                            point_in_time_rows, shape_joined)
+from model.lantern import PRESETS, Batch, LanternConfig, SourceBatch, SourceDims
+
+
+@dataclass
+class EncodedData:
+    survey: SurveyArrays
+    sources: list[SourceArrays]
+    user_ids: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.survey)
+
+    def take(self, idx: np.ndarray) -> EncodedData:
+        s = self.survey
+        return EncodedData(SurveyArrays(s.q_idx[idx], s.sel[idx], s.y[idx]),
+                           [src.take(idx) for src in self.sources], self.user_ids[idx])
+
+
+def encode_dataset(ds: Dataset, spec: FeatureSpec) -> EncodedData:
+    """Encode every session with its point-in-time external rows."""
+    survey = encode_surveys(ds.questionnaire, ds.sessions.column("answers"))
+    sources = []
+    for s in spec.sources:
+        table = ds.external.get(s.name)
+        if table is None:  # a source the model knows but this data lacks: every user absent
+            sources.append(absent_source(s, ds.sessions.num_rows))
+        else:
+            sources.append(shape_joined(s, table, point_in_time_rows(ds.sessions, table)))
+    return EncodedData(survey, sources, ds.sessions.column("user_id").to_numpy(zero_copy_only=False))
+
+
+def split_users(user_ids: np.ndarray, seed: int, val: float = 0.1, test: float = 0.1):
+    """Row indices of (train, val, test); every user's sessions land in one split."""
+    users = np.unique(user_ids)
+    perm = np.random.default_rng(seed).permutation(len(users))
+    n_test, n_val = int(len(users) * test), int(len(users) * val)
+    part = np.empty(len(users), np.int8)
+    part[perm[:n_test]], part[perm[n_test:n_test + n_val]], part[perm[n_test + n_val:]] = 2, 1, 0
+    row_part = part[np.searchsorted(users, user_ids)]
+    return tuple(np.flatnonzero(row_part == k) for k in (0, 1, 2))
+
+
+def model_config(q: Questionnaire, spec: FeatureSpec, variant: str, preset: str, **overrides) -> LanternConfig:
+    dims = tuple(
+        SourceDims(n_num=len(s.numeric), cat_cards=tuple(len(v) for v in s.vocab),
+                   seq_card=len(s.seq_vocab) if s.seq_category else 0, n_seq_vals=len(s.seq_values),
+                   max_len=s.max_len if s.seq_category else 0)
+        for s in spec.sources
+    )
+    return LanternConfig(n_questions=len(q.questions), n_keys=q.n_keys,
+                         max_selected=max(len(x.options) for x in q.questions),
+                         sources=dims, variant=variant, **{**PRESETS[preset], **overrides})
+
+
+def hide_questions(q_idx: np.ndarray, sel: np.ndarray, key_question: np.ndarray, frac: float,
+                   rng: np.random.Generator):
+    """Masked-response modelling: hide ``frac`` of each session's answered questions (≥ 1).
+
+    Returns the visible ``q_idx``/``sel`` and the loss mask (B, K) over hidden questions' keys.
+    """
+    answered = (q_idx > 0) & (sel > 0).any(-1)  # (B, T)
+    r = rng.random(q_idx.shape)
+    hidden = answered & (r < frac)
+    need = answered.any(1) & ~hidden.any(1)
+    pick = np.argmax(np.where(answered, r, -1.0), 1)
+    hidden[need, pick[need]] = True
+    hidden_q = np.zeros((len(q_idx), key_question.max() + 2), bool)
+    rows, cols = np.nonzero(hidden)
+    hidden_q[rows, q_idx[rows, cols]] = True
+    return np.where(hidden, 0, q_idx), np.where(hidden[..., None], 0, sel), hidden_q[:, key_question + 1]
+
+
+def to_batch(q_idx: np.ndarray, sel: np.ndarray, sources: list[SourceArrays], device="cpu") -> Batch:
+    """numpy → torch, trimming survey padding to the longest session in the batch."""
+    t = max(1, int((q_idx > 0).sum(1).max(initial=0)))
+    order = np.argsort(q_idx == 0, axis=1, kind="stable")[:, :t]  # pack visible tokens left
+    q_idx = np.take_along_axis(q_idx, order, 1)
+    sel = np.take_along_axis(sel, order[..., None], 1)
+
+    def tensor(x, dtype):
+        return torch.as_tensor(np.ascontiguousarray(x)).to(device=device, dtype=dtype)
+
+    return Batch(
+        q_idx=tensor(q_idx, torch.long), sel=tensor(sel, torch.long),
+        sources=[SourceBatch(tensor(s.num, torch.float32), tensor(s.num_missing, torch.bool),
+                             tensor(s.cat, torch.long), tensor(s.seq_cat, torch.long),
+                             tensor(s.seq_val, torch.float32), tensor(s.seq_mask, torch.bool),
+                             tensor(s.present, torch.bool)) for s in sources],
+    )

@@ -1,0 +1,266 @@
+"""LANTERN: late fusion of survey tokens (queries) with external tokens (keys/values).
+
+    h_s = f_s(survey tokens)                       # (B, Tq, D) one token per presented question
+    e   = [f_e^k(source k tokens) for k]           # (B, Tk, D) tokens of every source, masked if absent
+    h_t = CrossAttn_8heads(q=h_s, kv=e)            # (B, Tq, D)
+    g   = σ(W [h_s; h_t])                          # (B, Tq, D) per-dimension selective gate
+    h   = h_s + g ⊙ (h_t − h_s)                    # g = 0 for users with no external data → survey-only
+    p   = σ(FF(pool(LN(dropout(h + noise)))))      # (B, K) every response key
+
+Variants from the same code: ``survey_only``, ``external_only``, ``early_fusion`` (one encoder over
+both token sets), ``lantern``. Device, optimiser and data handling live outside this file.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+VARIANTS = ("survey_only", "external_only", "early_fusion", "lantern")
+BASELINES = ("logistic",)  # model/baseline.py, built from the same config
+PRESETS = {
+    "small": dict(d_model=64, survey_layers=2, source_layers=1, ff_mult=2),
+    "paper": dict(d_model=512, survey_layers=10, source_layers=2, ff_mult=4),
+}
+
+
+@dataclass(frozen=True)
+class SourceDims:
+    n_num: int
+    cat_cards: tuple[int, ...]  # vocabulary size per categorical column (index 0 = unknown extra)
+    seq_card: int  # 0 = no sequence
+    n_seq_vals: int
+    max_len: int
+
+
+@dataclass(frozen=True)
+class LanternConfig:
+    n_questions: int
+    n_keys: int
+    max_selected: int
+    sources: tuple[SourceDims, ...] = field(default_factory=tuple)
+    variant: str = "lantern"
+    d_model: int = 64
+    n_heads: int = 8
+    survey_layers: int = 2
+    source_layers: int = 1
+    ff_mult: int = 2
+    dropout: float = 0.1
+    fusion_noise: float = 0.1
+
+    def __post_init__(self):
+        assert self.variant in VARIANTS + BASELINES, self.variant
+        assert self.d_model % self.n_heads == 0
+
+
+@dataclass
+class SourceBatch:
+    num: torch.Tensor  # (B, n_num) float
+    num_missing: torch.Tensor  # (B, n_num) bool
+    cat: torch.Tensor  # (B, n_cat) long
+    seq_cat: torch.Tensor  # (B, L) long
+    seq_val: torch.Tensor  # (B, L, n_val) float
+    seq_mask: torch.Tensor  # (B, L) bool
+    present: torch.Tensor  # (B,) bool
+
+
+@dataclass
+class Batch:
+    q_idx: torch.Tensor  # (B, T) long, question index + 1, 0 = padding / hidden
+    sel: torch.Tensor  # (B, T, M) long, response-key index + 1, 0 = none
+    sources: list[SourceBatch]
+
+
+def _attendable(mask: torch.Tensor) -> torch.Tensor:
+    """Rows with no valid key attend everywhere (finite garbage, masked out by the caller)."""
+    return mask | ~mask.any(-1, keepdim=True)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: LanternConfig):
+        super().__init__()
+        d = cfg.d_model
+        self.n_heads = cfg.n_heads  # no dropout on attention probabilities: residual/MLP dropout only
+        self.q, self.kv, self.proj = nn.Linear(d, d), nn.Linear(d, 2 * d), nn.Linear(d, d)
+
+    def forward(self, x, ctx, key_mask, need_weights=False):
+        B, Tq, D = x.shape  # x (B, Tq, D), ctx (B, Tk, D), key_mask (B, Tk) True = attend
+        Tk, H = ctx.shape[1], self.n_heads
+        q = self.q(x).view(B, Tq, H, D // H).transpose(1, 2)  # (B, H, Tq, hd)
+        k, v = (t.view(B, Tk, H, D // H).transpose(1, 2) for t in self.kv(ctx).split(D, dim=-1))
+        # additive mask (B, 1, 1, Tk): lets CPU and GPU use fused attention kernels
+        bias = torch.zeros(key_mask.shape, dtype=q.dtype, device=q.device).masked_fill(~key_mask, float("-inf"))
+        bias = bias[:, None, None, :]
+        if need_weights:
+            att = ((q @ k.transpose(-2, -1)) / math.sqrt(D // H) + bias).softmax(-1)  # (B, H, Tq, Tk)
+            y = att @ v
+        else:
+            att, y = None, F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        return self.proj(y.transpose(1, 2).reshape(B, Tq, D)), att
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block (self-attention over one token set)."""
+
+    def __init__(self, cfg: LanternConfig):
+        super().__init__()
+        d = cfg.d_model
+        self.ln1, self.ln2, self.attn = nn.LayerNorm(d), nn.LayerNorm(d), Attention(cfg)
+        self.mlp = nn.Sequential(nn.Linear(d, cfg.ff_mult * d), nn.GELU(), nn.Linear(cfg.ff_mult * d, d),
+                                 nn.Dropout(cfg.dropout))
+
+    def forward(self, x, mask):  # x (B, T, D), mask (B, T)
+        h = self.ln1(x)
+        x = x + self.attn(h, h, _attendable(mask))[0]
+        return x + self.mlp(self.ln2(x))
+
+
+class SurveyTokens(nn.Module):
+    """[CLS] + one token per presented question: question embedding + its selected options."""
+
+    def __init__(self, cfg: LanternConfig):
+        super().__init__()
+        d = cfg.d_model
+        self.q_emb = nn.Embedding(cfg.n_questions + 1, d, padding_idx=0)
+        self.key_emb = nn.EmbeddingBag(cfg.n_keys + 1, d, mode="sum", padding_idx=0)  # Σ selected options
+        self.skip = nn.Parameter(torch.randn(d) * 0.02)  # presented but unanswered
+        self.cls = nn.Parameter(torch.randn(d) * 0.02)
+
+    def forward(self, q_idx, sel):  # q_idx (B, T), sel (B, T, M)
+        B, T, M = sel.shape
+        tok = self.q_emb(q_idx) + self.key_emb(sel.reshape(B * T, M)).view(B, T, -1)  # (B, T, D)
+        skipped = (q_idx > 0) & (sel == 0).all(-1)  # (B, T)
+        tok = tok + skipped[..., None] * self.skip
+        x = torch.cat([self.cls.expand(B, 1, -1), tok], 1)  # (B, 1+T, D)
+        mask = torch.cat([q_idx.new_ones(B, 1, dtype=torch.bool), q_idx > 0], 1)  # (B, 1+T)
+        return x, mask
+
+
+class SourceTokens(nn.Module):
+    """One source's row → tokens: a token per numeric and categorical column (value-scaled
+    column embeddings, FT-Transformer style) and a token per sequence element."""
+
+    def __init__(self, dims: SourceDims, cfg: LanternConfig):
+        super().__init__()
+        d, self.dims = cfg.d_model, dims
+        self.num_w = nn.Parameter(torch.randn(dims.n_num, d) * 0.02)
+        self.num_b = nn.Parameter(torch.zeros(dims.n_num, d))
+        self.num_missing = nn.Parameter(torch.randn(dims.n_num, d) * 0.02)
+        self.cat_emb = nn.ModuleList(nn.Embedding(c + 1, d) for c in dims.cat_cards)
+        self.cat_col = nn.Parameter(torch.randn(len(dims.cat_cards), d) * 0.02)
+        if dims.seq_card:
+            self.seq_emb = nn.Embedding(dims.seq_card + 1, d, padding_idx=0)
+            self.seq_val = nn.Linear(dims.n_seq_vals, d) if dims.n_seq_vals else None
+            self.seq_pos = nn.Parameter(torch.randn(dims.max_len, d) * 0.02)
+        self.source = nn.Parameter(torch.randn(d) * 0.02)
+
+    def forward(self, s: SourceBatch):
+        B = s.present.shape[0]
+        parts, masks = [], []
+        if self.dims.n_num:
+            t = s.num[..., None] * self.num_w + self.num_b  # (B, n_num, D)
+            parts.append(torch.where(s.num_missing[..., None], self.num_missing, t))
+            masks.append(s.present.new_ones(B, self.dims.n_num))
+        if self.dims.cat_cards:
+            t = torch.stack([emb(s.cat[:, j]) for j, emb in enumerate(self.cat_emb)], 1)  # (B, n_cat, D)
+            parts.append(t + self.cat_col)
+            masks.append(s.present.new_ones(B, len(self.dims.cat_cards)))
+        if self.dims.seq_card:
+            t = self.seq_emb(s.seq_cat) + self.seq_pos  # (B, L, D)
+            if self.seq_val is not None:
+                t = t + self.seq_val(s.seq_val)
+            parts.append(t)
+            masks.append(s.seq_mask)
+        x = torch.cat(parts, 1) + self.source  # (B, Ts, D)
+        return x, torch.cat(masks, 1) & s.present[:, None]
+
+
+class SourceEncoder(nn.Module):
+    """f_e for one source: tokens → transformer blocks. A new source is a new instance."""
+
+    def __init__(self, dims: SourceDims, cfg: LanternConfig):
+        super().__init__()
+        self.tokens = SourceTokens(dims, cfg)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.source_layers))
+        self.ln = nn.LayerNorm(cfg.d_model)
+
+    def forward(self, s: SourceBatch):
+        x, mask = self.tokens(s)
+        for blk in self.blocks:
+            x = blk(x, mask)
+        return self.ln(x), mask
+
+
+def _pool(h, mask):  # masked mean: (B, T, D), (B, T) → (B, D)
+    m = mask[..., None].to(h.dtype)
+    return (h * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+
+class Lantern(nn.Module):
+    def __init__(self, cfg: LanternConfig):
+        super().__init__()
+        self.cfg, d = cfg, cfg.d_model
+        uses_external = cfg.variant != "survey_only"
+        assert not uses_external or cfg.sources, "this variant needs at least one external source"
+        self.survey_tokens = SurveyTokens(cfg)
+        n_blocks = cfg.survey_layers + (cfg.source_layers if cfg.variant == "early_fusion" else 0)
+        self.survey_blocks = nn.ModuleList(Block(cfg) for _ in range(n_blocks))
+        self.survey_ln = nn.LayerNorm(d)
+        if cfg.variant == "early_fusion":
+            self.source_tokens = nn.ModuleList(SourceTokens(s, cfg) for s in cfg.sources)
+        elif uses_external:
+            self.source_encoders = nn.ModuleList(SourceEncoder(s, cfg) for s in cfg.sources)
+            self.cross = Attention(cfg)
+        if cfg.variant == "lantern":
+            self.gate = nn.Linear(2 * d, d)
+        self.drop, self.ln_out = nn.Dropout(cfg.dropout), nn.LayerNorm(d)
+        self.head = nn.Sequential(nn.Linear(d, cfg.ff_mult * d), nn.GELU(), nn.Dropout(cfg.dropout),
+                                  nn.Linear(cfg.ff_mult * d, cfg.n_keys))
+
+    def _encode_survey(self, x, mask):
+        for blk in self.survey_blocks:
+            x = blk(x, mask)
+        return self.survey_ln(x)
+
+    def _external(self, batch: Batch):
+        """All sources' encoded tokens: (B, Tk, D), mask (B, Tk), source id per token (Tk,)."""
+        assert len(batch.sources) == len(self.cfg.sources), "one SourceBatch per configured source"
+        outs = [enc(s) for enc, s in zip(self.source_encoders, batch.sources)]
+        token_source = torch.cat([torch.full((m.shape[1],), i, device=m.device) for i, (_, m) in enumerate(outs)])
+        return torch.cat([x for x, _ in outs], 1), torch.cat([m for _, m in outs], 1), token_source
+
+    def forward(self, batch: Batch, return_aux: bool = False, survey_only_path: bool = False):
+        """Logits (B, K); with ``return_aux`` also a dict of gate / attention diagnostics."""
+        variant, aux = self.cfg.variant, {}
+        q_idx = torch.zeros_like(batch.q_idx) if variant == "external_only" else batch.q_idx
+        x, mask_s = self.survey_tokens(q_idx, batch.sel * (q_idx > 0)[..., None])  # (B, 1+T, D)
+        if variant == "early_fusion":
+            toks = [tok(s) for tok, s in zip(self.source_tokens, batch.sources)]
+            x = torch.cat([x] + [t for t, _ in toks], 1)
+            mask_s = torch.cat([mask_s] + [m for _, m in toks], 1)
+        h = self._encode_survey(x, mask_s)  # (B, Tq, D)
+        if variant in ("lantern", "external_only") and not survey_only_path:
+            ext, mask_e, token_source = self._external(batch)
+            has_ext = mask_e.any(-1)[:, None, None]  # (B, 1, 1)
+            h_t, att = self.cross(h, ext, _attendable(mask_e), need_weights=return_aux)  # (B, Tq, D)
+            if variant == "lantern":
+                g = torch.sigmoid(self.gate(torch.cat([h, h_t], -1))) * has_ext  # (B, Tq, D)
+                h = torch.where(has_ext, h + g * (h_t - h), h)
+            else:
+                g, h = has_ext.expand_as(h).to(h.dtype), torch.where(has_ext, h_t, h)
+            if return_aux:
+                aux.update(gate=g.mean(-1), attention=att.mean(1), token_source=token_source, survey_mask=mask_s,
+                           has_external=has_ext[:, 0, 0])
+        if self.training and self.cfg.fusion_noise > 0:
+            h = h + self.cfg.fusion_noise * torch.randn_like(h)
+        h = self.ln_out(self.drop(h))
+        logits = self.head(_pool(h, mask_s))  # (B, K)
+        return (logits, aux) if return_aux else logits
+
+
+def num_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
