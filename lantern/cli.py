@@ -22,6 +22,8 @@ app = typer.Typer(help="lantern — streaming scoring for survey-fusion models."
                   pretty_exceptions_enable=False, add_completion=False)
 bench_app = typer.Typer(help="Benchmarks that write JSON.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
+features_app = typer.Typer(help="The Feast feature store (features/).", no_args_is_help=True)
+app.add_typer(features_app, name="features")
 console = Console(stderr=True)
 out = Console()
 
@@ -89,6 +91,8 @@ def train(
     epochs: Annotated[Optional[int], typer.Option(min=1)] = None,
     seed: Annotated[Optional[int], typer.Option()] = None,
     device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda")] = None,
+    training_set: Annotated[Optional[Path], typer.Option(
+        help="Training-set parquet from `lantern features training-set` (else joined from --data).")] = None,
 ):
     """Train one variant (single process) with early stopping on validation F1."""
     from lantern.dataset.io import load_dataset
@@ -98,7 +102,15 @@ def train(
     s = _settings(ctx, paths=dict(data=data, models=out_dir),
                   train=dict(variant=variant, preset=preset, epochs=epochs, seed=seed, device=device))
     ds = load_dataset(s.paths.data)
-    prep = prepare(ds, s.train)
+    sources = None
+    if training_set is not None:  # features joined by Feast instead of the in-process PIT join
+        from dataclasses import replace as with_sessions
+
+        from features.store import read_training_set
+
+        sessions, sources = read_training_set(training_set)
+        ds = with_sessions(ds, sessions=sessions)
+    prep = prepare(ds, s.train, sources=sources)
     model, history = fit(prep, s.train)
     path = save_model(s.paths.models / f"{s.train.variant}-{s.train.preset}", model, prep.features,
                       ds.questionnaire, {"training": history, "data": str(s.paths.data)})
@@ -181,6 +193,71 @@ def demo(
     write_result(result, path)
     print_table(result, out)
     out.print(f"demo done in {time.perf_counter() - t0:.0f} s; results in {path}")
+
+
+# ---- features ----------------------------------------------------------------------------------
+RepoOpt = Annotated[Optional[Path], typer.Option("--repo", help="Feature repo directory (default features/).")]
+OnlineOpt = Annotated[Optional[str], typer.Option("--online", help="sqlite | redis")]
+
+
+@features_app.command("apply")
+def features_apply(ctx: typer.Context, data: Annotated[Optional[Path], typer.Option(help="Dataset directory.")] = None,
+                   repo: RepoOpt = None, online: OnlineOpt = None):
+    """Pack the dataset's external sources and register the feature repo (feast apply)."""
+    from features.store import apply, open_store
+    from lantern.dataset.io import load_dataset
+
+    s = _settings(ctx, paths=dict(data=data), features=dict(repo=repo, online=online))
+    layouts = apply(open_store(s.features), load_dataset(s.paths.data), s.features)
+    out.print(f"applied {len(layouts)} feature views ({', '.join(x.name for x in layouts)}), FeatureService "
+              f"lantern_v1 and the lantern_scores push view to {s.features.repo}")
+
+
+@features_app.command("materialize")
+def features_materialize(ctx: typer.Context, repo: RepoOpt = None, online: OnlineOpt = None):
+    """Load the last TTL window of every source into the online store."""
+    from features.store import materialize, open_store
+
+    s = _settings(ctx, features=dict(repo=repo, online=online))
+    t0 = time.perf_counter()
+    materialize(open_store(s.features), s.features)
+    out.print(f"materialized into the {s.features.online} online store in {time.perf_counter() - t0:.1f} s")
+
+
+@features_app.command("training-set")
+def features_training_set(
+    ctx: typer.Context,
+    data: Annotated[Optional[Path], typer.Option(help="Dataset directory (its sessions are the entity rows).")] = None,
+    out_path: Annotated[Path, typer.Option("--out", help="Parquet file to write.")] = Path("data/training_set.parquet"),
+    repo: RepoOpt = None,
+):
+    """Point-in-time correct training set: every session joined with the features known at completed_at."""
+    from features.store import open_store, write_training_set
+    from lantern.dataset.io import load_dataset
+
+    s = _settings(ctx, paths=dict(data=data), features=dict(repo=repo))
+    t0 = time.perf_counter()
+    table = write_training_set(open_store(s.features), load_dataset(s.paths.data).sessions, out_path)
+    out.print(f"wrote {table.num_rows} sessions with {table.num_columns - 4} packed feature columns to {out_path} "
+              f"in {time.perf_counter() - t0:.1f} s")
+
+
+@bench_app.command("features")
+def bench_features_cmd(
+    ctx: typer.Context,
+    data: Annotated[Optional[Path], typer.Option(help="Dataset directory.")] = None,
+    json_out: Annotated[Path, typer.Option("--json")] = Path("reports/bench_features.json"),
+    stores: Annotated[str, typer.Option(help="Comma-separated: sqlite,redis")] = "sqlite,redis",
+):
+    """Online lookup rows/s: Feast SDK vs lantern's path, batches 1/64/256/1024, SQLite and Redis."""
+    from features.bench import bench_features
+    from lantern.dataset.io import load_dataset
+
+    s = _settings(ctx, paths=dict(data=data))
+    result = bench_features(load_dataset(s.paths.data), tuple(stores.split(",")), log=console.print)
+    json_out.parent.mkdir(parents=True, exist_ok=True)
+    json_out.write_text(json.dumps(result, indent=1))
+    out.print(f"results in {json_out}")
 
 
 def main() -> None:

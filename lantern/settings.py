@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from lantern.dataset.simulate import SimConfig
 from lantern.errors import ConfigError
+from features.store import FeatureStoreConfig
 from model.train import TrainConfig
 
 
@@ -35,6 +36,7 @@ class LanternSettings(BaseSettings):
     paths: Paths = Paths()
     simulate: SimConfig = SimConfig()
     train: TrainConfig = TrainConfig()
+    features: FeatureStoreConfig = FeatureStoreConfig()
     threads: int = 0  # torch intra-op threads; 0 = one per core
 
     @classmethod

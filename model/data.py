@@ -5,12 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from lantern.dataset.io import Dataset
 from lantern.dataset.questionnaire import Questionnaire
 from model.encoding import (FeatureSpec, SourceArrays, SurveyArrays, absent_source, encode_surveys,
-                            point_in_time_rows, shape_joined)
+                            point_in_time_rows, shape_source)
 from model.lantern import PRESETS, Batch, LanternConfig, SourceBatch, SourceDims
 
 
@@ -29,17 +30,35 @@ class EncodedData:
                            [src.take(idx) for src in self.sources], self.user_ids[idx])
 
 
-def encode_dataset(ds: Dataset, spec: FeatureSpec) -> EncodedData:
-    """Encode every session with its point-in-time external rows."""
-    survey = encode_surveys(ds.questionnaire, ds.sessions.column("answers"))
-    sources = []
+SourceRows = dict[str, tuple[pa.Table, np.ndarray]]  # source → (its columns per session, present mask)
+
+
+def joined_sources(ds: Dataset) -> SourceRows:
+    """Point-in-time rows of every external source for every session (pyarrow + pandas)."""
+    out = {}
+    for name, table in ds.external.items():
+        rows = point_in_time_rows(ds.sessions, table)
+        present = rows >= 0
+        out[name] = (table.take(pa.array(np.where(present, rows, 0))), present)
+    return out
+
+
+def encode_sessions(q: Questionnaire, sessions: pa.Table, spec: FeatureSpec, sources: SourceRows) -> EncodedData:
+    """Encode sessions with their already-joined source rows (from parquet, Feast, or a stream)."""
+    survey = encode_surveys(q, sessions.column("answers"))
+    arrays = []
     for s in spec.sources:
-        table = ds.external.get(s.name)
-        if table is None:  # a source the model knows but this data lacks: every user absent
-            sources.append(absent_source(s, ds.sessions.num_rows))
+        if s.name in sources:  # a source the model knows but this data lacks: every user absent
+            table, present = sources[s.name]
+            arrays.append(shape_source(s, table.select(list(s.columns)), present))
         else:
-            sources.append(shape_joined(s, table, point_in_time_rows(ds.sessions, table)))
-    return EncodedData(survey, sources, ds.sessions.column("user_id").to_numpy(zero_copy_only=False))
+            arrays.append(absent_source(s, sessions.num_rows))
+    return EncodedData(survey, arrays, sessions.column("user_id").to_numpy(zero_copy_only=False))
+
+
+def encode_dataset(ds: Dataset, spec: FeatureSpec, sources: SourceRows | None = None) -> EncodedData:
+    """Encode every session with its point-in-time external rows (joined here unless given)."""
+    return encode_sessions(ds.questionnaire, ds.sessions, spec, joined_sources(ds) if sources is None else sources)
 
 
 def split_users(user_ids: np.ndarray, seed: int, val: float = 0.1, test: float = 0.1):

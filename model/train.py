@@ -13,7 +13,6 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -21,7 +20,8 @@ from tqdm.auto import tqdm
 
 from lantern.dataset.io import Dataset
 from model.checkpoint import build_model
-from model.data import EncodedData, encode_dataset, hide_questions, model_config, split_users, to_batch
+from model.data import (EncodedData, SourceRows, encode_dataset, hide_questions, joined_sources, model_config,
+                        split_users, to_batch)
 from model.encoding import FeatureSpec
 from model.evaluate import HiddenSet, hidden_set, predict, rare_keys
 from model.lantern import BASELINES, PRESETS, VARIANTS
@@ -76,15 +76,19 @@ class Prepared:
     rare: np.ndarray
 
 
-def prepare(ds: Dataset, tc: TrainConfig, features: FeatureSpec | None = None) -> Prepared:
-    """Encode ``ds`` and split it by user; fit the feature spec on training users unless given."""
+def prepare(ds: Dataset, tc: TrainConfig, features: FeatureSpec | None = None,
+            sources: SourceRows | None = None) -> Prepared:
+    """Encode ``ds`` and split it by user; fit the feature spec on training users unless given.
+
+    ``sources`` are the sessions' joined external rows (e.g. a Feast training set); by default
+    they are joined point-in-time from ``ds.external``."""
     user_ids = ds.sessions.column("user_id").to_numpy(zero_copy_only=False)
     train_idx, val_idx, test_idx = split_users(user_ids, tc.seed)
-    if features is None:
-        train_users = pa.array(np.unique(user_ids[train_idx]))
-        features = FeatureSpec.fit({name: t.filter(pc.is_in(t.column("user_id"), value_set=train_users))
-                                    for name, t in ds.external.items()})
-    data = encode_dataset(ds, features)
+    sources = joined_sources(ds) if sources is None else sources
+    if features is None:  # statistics from training sessions' rows only
+        features = FeatureSpec.fit({name: table.take(pa.array(train_idx[present[train_idx]]))
+                                    for name, (table, present) in sources.items()})
+    data = encode_dataset(ds, features, sources)
     key_question = np.asarray(ds.questionnaire.key_question)
     val = hidden_set(data.take(val_idx), key_question, tc.hide_fraction, tc.eval_seed)
     test = hidden_set(data.take(test_idx), key_question, tc.hide_fraction, tc.eval_seed + 1)
@@ -145,7 +149,8 @@ def fit(prep: Prepared, tc: TrainConfig, progress: bool = True,
     rng = np.random.default_rng(tc.seed)
     best_f1, best_state, bad, history = -1.0, None, 0, []
     t0 = time.perf_counter()
-    with tqdm(total=tc.epochs * steps, desc=f"train {tc.variant}", disable=not progress, leave=False) as bar:
+    with tqdm(total=tc.epochs * steps, desc=f"train {tc.variant}", disable=not progress, leave=False,
+              mininterval=1.0) as bar:
         for epoch in range(tc.epochs):
             loss = train_epoch(model, opt, sched, train, prep.key_question, tc, rng, device, bar)
             probs = predict(model, prep.val, device=device)

@@ -1,0 +1,60 @@
+"""Local servers for tests, benchmarks and the demo: started on a free loopback port, stopped after.
+
+Everything binds to 127.0.0.1 and lives only as long as the context manager.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from lantern.errors import ConfigError
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout_s: float, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise ConfigError(f"server on port {port} exited with code {proc.returncode} before it was ready")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise ConfigError(f"nothing listened on 127.0.0.1:{port} within {timeout_s} s")
+
+
+def stop(proc: subprocess.Popen, timeout_s: float = 5.0) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextmanager
+def redis_server(port: int | None = None) -> Iterator[str]:
+    """A memory-only redis-server; yields its ``host:port``."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise ConfigError("no redis-server binary on PATH (Debian: apt-get install redis-server)")
+    port = port or free_port()
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--protected-mode", "yes"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, 10.0, proc)
+        yield f"127.0.0.1:{port}"
+    finally:
+        stop(proc)
