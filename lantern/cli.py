@@ -25,7 +25,7 @@ app.add_typer(bench_app, name="bench")
 features_app = typer.Typer(help="The Feast feature store (features/).", no_args_is_help=True)
 app.add_typer(features_app, name="features")
 console = Console(stderr=True)
-out = Console()
+out = Console(width=None if sys.stdout.isatty() else 160)  # logs and pipes get the whole table
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML or YAML settings file.")]
 

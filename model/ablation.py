@@ -47,9 +47,9 @@ def ablation_table(result: dict) -> Table:
     base_rare = variants.get("survey_only", {}).get("rare", {}).get("f1")
     table = Table(title=f"Ablation on {result['dataset']['test_sessions']} held-out sessions "
                         "(hidden questions, threshold 0.5)")
-    for col in ("variant", "F1", "P", "R", "rare F1", "frequent F1", "AUC", "ECE", "F1 0.3–0.7 spread",
+    for col in ("variant", "F1", "P", "R", "rare F1", "freq F1", "AUC", "ECE", "F1 spread 0.3–0.7",
                 "ΔF1 vs survey", "Δrare vs survey", "paper F1"):
-        table.add_column(col, justify="left" if col == "variant" else "right")
+        table.add_column(col, justify="left" if col == "variant" else "right", no_wrap=True)
     for name, r in variants.items():
         f1s = [t["f1"] for t in r["thresholds"]]
         table.add_row(

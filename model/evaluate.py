@@ -84,7 +84,8 @@ class Diagnostics:
         picked = (sel > 0) & mask[..., None] & has[:, None, None]
         self.key_gate.append((sel[picked].cpu().numpy() - 1, tok_gate[picked].float().cpu().numpy()))
         m = mask.float()
-        self.user_gate.append(((gate * m).sum(1) / m.sum(1).clamp_min(1))[has].float().cpu().numpy())
+        has_tokens = has & (m.sum(1) > 0)
+        self.user_gate.append(((gate * m).sum(1) / m.sum(1).clamp_min(1))[has_tokens].float().cpu().numpy())
         att, smask = aux["attention"], aux["survey_mask"].float()  # (B, Tq, Tk), (B, Tq)
         per_token = (att * smask[..., None]).sum(1) / smask.sum(1, keepdim=True)  # (B, Tk)
         per_source = torch.zeros(att.shape[0], len(self.sources), device=att.device)
@@ -95,6 +96,9 @@ class Diagnostics:
             self.mass_n[i] += ok.sum().item()
 
     def report(self) -> dict:
+        mass = {name: float(self.mass[i] / max(self.mass_n[i], 1)) for i, name in enumerate(self.sources)}
+        if not self.user_gate or not any(len(u) for u in self.user_gate):  # external_only: no survey tokens
+            return {"attention_mass": mass}
         keys = np.concatenate([k for k, _ in self.key_gate]) if self.key_gate else np.zeros(0, int)
         vals = np.concatenate([v for _, v in self.key_gate]) if self.key_gate else np.zeros(0)
         per_key = {}
@@ -105,8 +109,7 @@ class Diagnostics:
             "gate": {"per_user": summarise(users),
                      "histogram": np.histogram(users, bins=10, range=(0, 1))[0].tolist(),
                      "per_key": per_key},
-            "attention_mass": {name: float(self.mass[i] / max(self.mass_n[i], 1))
-                               for i, name in enumerate(self.sources)},
+            "attention_mass": mass,
         }
 
 
