@@ -28,11 +28,12 @@ from feast.protos.feast.types.Value_pb2 import Value
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from features.packing import CAT, NUM, SourceLayout, unpack
-from features.repo import FEATURE_SERVICE
-from features.store import FeatureStoreUnavailable, registered_layouts
+from features import vector
+from features.repo import FEATURE_SERVICE, VECTOR_FIELD, VECTOR_PUSH, VECTOR_VIEW
+from features.repo import OFFLINE_DIR
+from features.store import FeatureStoreConfig, FeatureStoreUnavailable, materialize, registered_layouts
 
 LIST_FIELD = {"float": "float_list_val", "int": "int64_list_val", "string": "string_list_val"}
-KEY_CACHE_LIMIT = 1_000_000
 
 
 @dataclass
@@ -50,7 +51,7 @@ def _field_of(layout: SourceLayout, feature: str) -> str:
 
 
 class OnlineLookup:
-    def __init__(self, store: FeatureStore, clock=time.time):
+    def __init__(self, store: FeatureStore, clock=time.time, use_vector: bool | None = None):
         from feast.infra.online_stores.sqlite import _table_id
 
         self.store, self.clock = store, clock
@@ -62,30 +63,41 @@ class OnlineLookup:
         self.fields = {x.name: {f: _field_of(x, f) for f in x.features} for x in self.layouts}
         self.version = self.config.entity_key_serialization_version
         self.redis = type(self.config.online_store).__name__.startswith("Redis")
-        self._keys: dict[str, bytes] = {}
+        names = {v.name for v in store.list_feature_views()}
+        self.use_vector = VECTOR_VIEW in names if use_vector is None else use_vector
+        if self.use_vector:
+            self.vector_table = _table_id(self.config.project, store.get_feature_view(VECTOR_VIEW))
         self._conn = None
+        self._script = None
 
     # ---- shared ------------------------------------------------------------------------------
-    def _entity_key(self, user_id: str) -> bytes:
-        key = self._keys.get(user_id)
-        if key is None:
-            if len(self._keys) >= KEY_CACHE_LIMIT:
-                self._keys.clear()
-            key = entity_key_bytes(user_id, self.version)
-            self._keys[user_id] = key
-        return key
+    def entity_keys(self, user_ids: list[str]) -> list[bytes]:
+        if self.version != 3:
+            return [entity_key_bytes(u, self.version) for u in user_ids]
+        encoded = [u.encode() for u in user_ids]
+        return [b"".join((_USER_KEY_PREFIX, len(e).to_bytes(4, "little"), e)) for e in encoded]
 
     def lookup(self, user_ids: list[str]) -> dict[str, SourceRows]:
         """Every source of the FeatureService for ``user_ids``, in order."""
-        keys = [self._entity_key(u) for u in user_ids]
-        raw = self._read_redis(keys) if self.redis else self._read_sqlite(keys)
+        keys = self.entity_keys(user_ids)
         now = self.clock()
+        if self.use_vector:
+            vectors = self._read_vectors_redis(keys) if self.redis else self._read_vectors_sqlite(keys)
+            decoded = vector.decode(self.layouts, vectors, now, self.ttl_s, wrapped=True)
+            return {name: SourceRows(table, present) for name, (table, present) in decoded.items()}
+        out = {}
+        for name, (table, stamps) in self.lookup_views_raw(keys).items():
+            fresh = np.array([ts is not None and now - ts <= self.ttl_s[name] for ts in stamps], bool)
+            out[name] = SourceRows(table, fresh)
+        return out
+
+    def lookup_views_raw(self, keys: list[bytes]):
+        """Per source, read from its own view: (columns, event times) — TTL not applied."""
+        raw = self._read_redis(keys) if self.redis else self._read_sqlite(keys)
         out = {}
         for layout in self.layouts:
             values, stamps = raw[layout.name]
-            fresh = np.array([ts is not None and now - ts <= self.ttl_s[layout.name] for ts in stamps], bool)
-            packed = {f: [v if ok else None for v, ok in zip(values[f], fresh)] for f in layout.features}
-            out[layout.name] = SourceRows(unpack(layout, packed), fresh)
+            out[layout.name] = (unpack(layout, values), stamps)
         return out
 
     # ---- SQLite --------------------------------------------------------------------------------
@@ -97,6 +109,9 @@ class OnlineLookup:
             try:
                 self._conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1.0,
                                              check_same_thread=False)
+                # memory-mapped pages and a 64 MiB page cache: index seeks without read() calls
+                self._conn.execute("PRAGMA mmap_size = 268435456")
+                self._conn.execute("PRAGMA cache_size = -65536")
             except sqlite3.Error as exc:
                 raise FeatureStoreUnavailable(f"cannot open the SQLite online store {path}: {exc}") from exc
         return self._conn
@@ -125,7 +140,37 @@ class OnlineLookup:
                 stamps[i] = _epoch(ts)
         return {x.name: out[v] for v, x in enumerate(self.layouts)}
 
+    def _read_vectors_sqlite(self, keys: list[bytes]) -> list[bytes | None]:
+        index = {k: i for i, k in enumerate(keys)}
+        out: list[bytes | None] = [None] * len(keys)
+        try:
+            rows = self._sqlite().execute(
+                f'SELECT entity_key, value FROM "{self.vector_table}" '
+                f"WHERE entity_key IN ({','.join('?' * len(keys))}) AND feature_name = ?",
+                [*keys, VECTOR_FIELD]).fetchall()
+        except sqlite3.Error as exc:
+            self._conn = None
+            raise FeatureStoreUnavailable(f"SQLite online store read failed: {exc}") from exc
+        for key, blob in rows:
+            out[index[key]] = blob  # still a serialized Value: vector.decode(wrapped=True) unwraps
+        return out
+
     # ---- Redis ---------------------------------------------------------------------------------
+    def _read_vectors_redis(self, keys: list[bytes]) -> list[bytes | None]:
+        """One EVALSHA: HGET of every user's vector field, a single command and reply."""
+        import redis
+        from feast.infra.online_stores.helpers import _mmh3
+
+        project = self.config.project.encode()
+        try:
+            if self._script is None:
+                self._script = self._redis_client().register_script(_HGET_ALL)
+            replies = self._script(keys=[k + project for k in keys], args=[_mmh3(f"{VECTOR_VIEW}:{VECTOR_FIELD}")])
+        except redis.RedisError as exc:
+            self._conn, self._script = None, None
+            raise FeatureStoreUnavailable(f"Redis online store unreachable: {exc}") from exc
+        return [r or None for r in replies]  # serialized Values, unwrapped by vector.decode
+
     def _redis_client(self):
         if self._conn is None:
             import redis
@@ -169,6 +214,8 @@ class OnlineLookup:
         return out
 
 
+_HGET_ALL = "local r = {} for i, k in ipairs(KEYS) do r[i] = redis.call('HGET', k, ARGV[1]) end return r"
+
 _USER_KEY_PREFIX = (struct.pack("<I", 1) + struct.pack("<I", ValueType.STRING.value) + struct.pack("<I", len(b"user_id"))
                     + b"user_id" + struct.pack("<I", ValueType.STRING.value))
 
@@ -201,3 +248,45 @@ def sdk_lookup(store: FeatureStore, user_ids: list[str], layouts: list[SourceLay
         present = np.array([any(packed[f][i] is not None for f in layout.features) for i in range(len(user_ids))])
         out[layout.name] = SourceRows(unpack(layout, packed), present)
     return out
+
+
+def precompute(store: FeatureStore, user_ids: list[str], batch: int = 2048, log=None) -> int:
+    """Write every user's precomputed vector (all sources, per-source event times) online,
+    read back from the per-source views so it equals what they hold. Returns users written."""
+    from datetime import datetime, timezone
+
+    import pandas as pd
+
+    lookup = OnlineLookup(store, use_vector=False)
+    written, stamp = 0, datetime.now(timezone.utc)
+    for start in range(0, len(user_ids), batch):
+        users = user_ids[start:start + batch]
+        per_source = lookup.lookup_views_raw(lookup.entity_keys(users))
+        rows = {name: table.to_pylist() for name, (table, _) in per_source.items()}
+        vectors = [vector.encode(lookup.layouts,
+                                 {n: rows[n][i] for n in rows if per_source[n][1][i] is not None},
+                                 {n: per_source[n][1][i] for n in rows})
+                   for i in range(len(users))]
+        frame = pd.DataFrame({"user_id": users, VECTOR_FIELD: vectors, "event_timestamp": stamp})
+        try:
+            store.push(VECTOR_PUSH, frame)
+        except (sqlite3.Error, ConnectionError, OSError) as exc:
+            raise FeatureStoreUnavailable(f"cannot write precomputed vectors: {exc}") from exc
+        written += len(users)
+    if log:
+        log(f"precomputed {written} user vectors")
+    return written
+
+
+def materialize_online(store: FeatureStore, cfg: FeatureStoreConfig, end=None, start=None, log=None) -> int:
+    """`lantern features materialize`: Feast's materialize of every source, then the vectors."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    materialize(store, cfg, end=end, start=start)
+    offline = Path(cfg.repo) / OFFLINE_DIR
+    users = set()
+    for layout in registered_layouts(store):
+        users.update(pc.unique(pq.read_table(offline / f"{layout.name}.parquet", columns=["user_id"])
+                               .column("user_id")).to_pylist())
+    return precompute(store, sorted(users), log=log)

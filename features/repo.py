@@ -10,13 +10,14 @@ import json
 from datetime import timedelta
 
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource, ValueType
-from feast.types import Array, Float32, Float64, Int64, String
+from feast.types import Array, Bytes, Float32, Float64, Int64, String
 
 from features.packing import CAT, NUM, SourceLayout
 
 FEATURE_SERVICE = "lantern_v1"
 LAYOUT_TAG = "lantern_packed_layout"  # each view carries its packing layout as JSON
 SCORES_VIEW, SCORES_PUSH = "lantern_scores", "lantern_scores_push"
+VECTOR_VIEW, VECTOR_PUSH, VECTOR_FIELD = "lantern_v1_vector", "lantern_v1_vector_push", "vector"
 OFFLINE_DIR = ".feast/offline"  # relative to the feature repo
 SEQ_DTYPES = {"float": Array(Float32), "int": Array(Int64), "string": Array(String)}
 
@@ -52,12 +53,24 @@ def scores_objects() -> tuple[PushSource, FeatureView]:
     return push, view
 
 
+def vector_objects() -> tuple[PushSource, FeatureView]:
+    """Every source of lantern_v1 precomputed into one value per user (features/vector.py),
+    written by `lantern features materialize`: the online lookup's single read."""
+    push = PushSource(name=VECTOR_PUSH, batch_source=FileSource(
+        name="lantern_v1_vector_source", path=f"{OFFLINE_DIR}/{VECTOR_VIEW}.parquet", timestamp_field="event_timestamp"))
+    view = FeatureView(name=VECTOR_VIEW, entities=[user], ttl=timedelta(0), online=True, source=push,
+                       schema=[Field(name=VECTOR_FIELD, dtype=Bytes)],
+                       description="lantern_v1 precomputed per user; per-source event times inside.")
+    return push, view
+
+
 def build_objects(layouts: list[SourceLayout], ttl_days: float) -> dict[str, object]:
     """Every Feast object of the repo by name: entity, one view per source, the FeatureService,
-    the score write-back push source and view."""
+    the score write-back push source and view, the precomputed-vector push source and view."""
     views = [source_view(layout, ttl_days) for layout in layouts]
     push, scores = scores_objects()
+    vector_push, vector = vector_objects()
     service = FeatureService(name=FEATURE_SERVICE, features=views,
                              description="What LANTERN v1 reads: every external source, packed.")
     return {"user": user, **{v.name: v for v in views}, FEATURE_SERVICE: service, SCORES_PUSH: push,
-            SCORES_VIEW: scores}
+            SCORES_VIEW: scores, VECTOR_PUSH: vector_push, VECTOR_VIEW: vector}

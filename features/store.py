@@ -25,7 +25,8 @@ from feast.data_source import PushMode
 from feast.repo_config import RepoConfig
 
 from features.packing import SourceLayout, pack, unpack
-from features.repo import FEATURE_SERVICE, LAYOUT_TAG, OFFLINE_DIR, SCORES_PUSH, SCORES_VIEW, build_objects
+from features.repo import (FEATURE_SERVICE, LAYOUT_TAG, OFFLINE_DIR, SCORES_PUSH, SCORES_VIEW, VECTOR_VIEW,
+                           build_objects)
 from lantern.dataset.io import Dataset
 from lantern.errors import LanternError
 
@@ -33,6 +34,8 @@ PACKAGE_REPO = Path(__file__).parent
 SCORES_SCHEMA = pa.schema([("user_id", pa.string()), ("event_timestamp", pa.timestamp("us", tz="UTC")),
                            ("session_id", pa.string()), ("model_version", pa.string()),
                            ("probabilities", pa.list_(pa.float32())), ("predicted_keys", pa.list_(pa.string()))])
+VECTOR_SCHEMA = pa.schema([("user_id", pa.string()), ("event_timestamp", pa.timestamp("us", tz="UTC")),
+                           ("vector", pa.binary())])
 LAYOUT_FILE = "layout.py"
 
 
@@ -81,9 +84,10 @@ def apply(store: FeatureStore, ds: Dataset, cfg: FeatureStoreConfig) -> list[Sou
     offline.mkdir(parents=True, exist_ok=True)
     for layout in layouts:
         pq.write_table(pack(layout, ds.external[layout.name]), offline / f"{layout.name}.parquet")
-    scores = offline / f"{SCORES_VIEW}.parquet"
-    if not scores.exists():  # the push source's batch source: `feast materialize` reads it
-        pq.write_table(SCORES_SCHEMA.empty_table(), scores)
+    for view, schema in ((SCORES_VIEW, SCORES_SCHEMA), (VECTOR_VIEW, VECTOR_SCHEMA)):
+        path = offline / f"{view}.parquet"
+        if not path.exists():  # a push source's batch source: `feast materialize` reads it
+            pq.write_table(schema.empty_table(), path)
     write_layout_module(repo, layouts, cfg.ttl_days)
     store.apply(list(build_objects(layouts, cfg.ttl_days).values()))
     return layouts

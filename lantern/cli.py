@@ -210,18 +210,20 @@ def features_apply(ctx: typer.Context, data: Annotated[Optional[Path], typer.Opt
     s = _settings(ctx, paths=dict(data=data), features=dict(repo=repo, online=online))
     layouts = apply(open_store(s.features), load_dataset(s.paths.data), s.features)
     out.print(f"applied {len(layouts)} feature views ({', '.join(x.name for x in layouts)}), FeatureService "
-              f"lantern_v1 and the lantern_scores push view to {s.features.repo}")
+              f"lantern_v1, the lantern_scores push view and the lantern_v1_vector view to {s.features.repo}")
 
 
 @features_app.command("materialize")
 def features_materialize(ctx: typer.Context, repo: RepoOpt = None, online: OnlineOpt = None):
-    """Load the last TTL window of every source into the online store."""
-    from features.store import materialize, open_store
+    """Load the last TTL window of every source online, then precompute each user's vector."""
+    from features.lookup import materialize_online
+    from features.store import open_store
 
     s = _settings(ctx, features=dict(repo=repo, online=online))
     t0 = time.perf_counter()
-    materialize(open_store(s.features), s.features)
-    out.print(f"materialized into the {s.features.online} online store in {time.perf_counter() - t0:.1f} s")
+    users = materialize_online(open_store(s.features), s.features)
+    out.print(f"materialized into the {s.features.online} online store, {users} user vectors precomputed, "
+              f"in {time.perf_counter() - t0:.1f} s")
 
 
 @features_app.command("training-set")

@@ -232,13 +232,6 @@ def point_in_time_rows(sessions: pa.Table, source: pa.Table, ttl_s: float | None
     return rows
 
 
-def shape_joined(spec: SourceSpec, source: pa.Table, rows: np.ndarray) -> SourceArrays:
-    """Shape the ``rows`` of ``source`` (-1 = no row) in order."""
-    present = rows >= 0
-    taken = source.select(list(spec.columns)).take(pa.array(np.where(present, rows, 0)))
-    return shape_source(spec, taken, present)
-
-
 @dataclass(frozen=True)
 class FeatureSpec:
     """Every source's spec, in the model's source order; saved beside the model weights."""

@@ -9,7 +9,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from features.store import FeatureStoreConfig, apply, materialize, open_store
+from features.lookup import materialize_online
+from features.store import FeatureStoreConfig, apply, open_store
 from lantern.dataset.io import Dataset
 from lantern.dataset.simulate import SimConfig, simulate
 
@@ -43,5 +44,5 @@ def sqlite_store(recent_ds, tmp_path_factory):
     cfg = FeatureStoreConfig(repo=tmp_path_factory.mktemp("feast_sqlite"))
     store = open_store(cfg)
     apply(store, recent_ds, cfg)
-    materialize(store, cfg, end=NOW + timedelta(minutes=1))
+    materialize_online(store, cfg, end=NOW + timedelta(minutes=1))
     return store, cfg

@@ -35,5 +35,5 @@ def test_feast_cli_applies_and_materializes_the_repo(recent_ds, tmp_path):
     done = feast(repo, "materialize", start, end)
     assert done.returncode == 0, done.stderr[-2000:]
     users = sorted(set(recent_ds.external["engagement"].column("user_id").to_pylist()))[:20]
-    rows = OnlineLookup(open_store(cfg)).lookup(users)
+    rows = OnlineLookup(open_store(cfg), use_vector=False).lookup(users)  # vectors: `lantern features materialize`
     assert rows["engagement"].present.all()

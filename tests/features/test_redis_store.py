@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.lookup import OnlineLookup, sdk_lookup
-from features.store import (FeatureStoreConfig, FeatureStoreUnavailable, apply, latest_scores, materialize,
-                            open_store, push_scores, registered_layouts)
+from features.lookup import OnlineLookup, materialize_online, sdk_lookup
+from features.store import (FeatureStoreConfig, FeatureStoreUnavailable, apply, latest_scores, open_store,
+                            push_scores, registered_layouts)
 from lantern.servers import redis_server
 from tests.features.conftest import NOW
 
@@ -25,7 +25,7 @@ def redis_store(recent_ds, tmp_path_factory):
         cfg = FeatureStoreConfig(repo=tmp_path_factory.mktemp("feast_redis"), online="redis", redis=address)
         store = open_store(cfg)
         apply(store, recent_ds, cfg)
-        materialize(store, cfg, end=NOW + timedelta(minutes=1))
+        materialize_online(store, cfg, end=NOW + timedelta(minutes=1))
         yield store, recent_ds
 
 

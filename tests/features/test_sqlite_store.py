@@ -13,7 +13,7 @@ import pytest
 from features.lookup import OnlineLookup, sdk_lookup
 from features.store import (FeatureStoreUnavailable, latest_scores, push_scores, registered_layouts,
                             split_training_set, training_set)
-from tests.features.conftest import NOW, restamp
+from tests.features.conftest import NOW
 
 
 def _users(ds, n=120):
@@ -21,10 +21,11 @@ def _users(ds, n=120):
     return users + ["nobody-1", "nobody-2"]
 
 
-def test_lookup_returns_the_same_values_as_the_sdk(sqlite_store, recent_ds):
+@pytest.mark.parametrize("use_vector", [True, False], ids=["precomputed-vector", "per-source-views"])
+def test_lookup_returns_the_same_values_as_the_sdk(sqlite_store, recent_ds, use_vector):
     store, _ = sqlite_store
     users = _users(recent_ds)
-    ours = OnlineLookup(store).lookup(users)
+    ours = OnlineLookup(store, use_vector=use_vector).lookup(users)
     sdk = sdk_lookup(store, users, registered_layouts(store))
     assert set(ours) == set(recent_ds.external)
     for name in ours:

@@ -1,7 +1,7 @@
 import numpy as np
 import pyarrow as pa
 
-from model.encoding import FeatureSpec, encode_surveys, point_in_time_rows, shape_joined
+from model.encoding import FeatureSpec, encode_surveys, point_in_time_rows, shape_source
 
 T0 = pa.scalar(1_700_000_000_000_000, pa.timestamp("us", tz="UTC")).value
 
@@ -37,7 +37,7 @@ def test_source_shaping_masks_missing_users_values_and_unknown_categories():
     spec = FeatureSpec.fit({"s": table}).sources[0]
     assert spec.numeric == ("age",) and spec.categorical == ("region",) and spec.seq_category == "cats"
     other = table.set_column(3, "region", pa.array(["x", "zzz", "y"]))
-    arrays = shape_joined(spec, other, np.array([0, 1, -1]))
+    arrays = shape_source(spec, other.select(list(spec.columns)), np.array([True, True, False]))
     assert arrays.present.tolist() == [True, True, False]
     assert arrays.num_missing[:, 0].tolist() == [False, True, True]
     assert arrays.cat[1, 0] == 0 and arrays.cat[0, 0] > 0 and arrays.cat[2, 0] == 0  # unknown / absent
