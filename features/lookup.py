@@ -78,7 +78,16 @@ class OnlineLookup:
         return [b"".join((_USER_KEY_PREFIX, len(e).to_bytes(4, "little"), e)) for e in encoded]
 
     def lookup(self, user_ids: list[str]) -> dict[str, SourceRows]:
-        """Every source of the FeatureService for ``user_ids``, in order."""
+        """Every source of the FeatureService for ``user_ids``, in order (repeats allowed)."""
+        unique = list(dict.fromkeys(user_ids))
+        if len(unique) < len(user_ids):  # read each user once, then repeat rows in request order
+            position = {u: i for i, u in enumerate(unique)}
+            take = np.fromiter((position[u] for u in user_ids), np.int64, len(user_ids))
+            rows = self._lookup_unique(unique)
+            return {n: SourceRows(r.table.take(pa.array(take)), r.present[take]) for n, r in rows.items()}
+        return self._lookup_unique(user_ids)
+
+    def _lookup_unique(self, user_ids: list[str]) -> dict[str, SourceRows]:
         keys = self.entity_keys(user_ids)
         now = self.clock()
         if self.use_vector:
@@ -109,9 +118,6 @@ class OnlineLookup:
             try:
                 self._conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1.0,
                                              check_same_thread=False)
-                # memory-mapped pages and a 64 MiB page cache: index seeks without read() calls
-                self._conn.execute("PRAGMA mmap_size = 268435456")
-                self._conn.execute("PRAGMA cache_size = -65536")
             except sqlite3.Error as exc:
                 raise FeatureStoreUnavailable(f"cannot open the SQLite online store {path}: {exc}") from exc
         return self._conn

@@ -34,6 +34,21 @@ def test_lookup_returns_the_same_values_as_the_sdk(sqlite_store, recent_ds, use_
             repr(ours[name].table.to_pylist()) == repr(sdk[name].table.to_pylist())), name
 
 
+@pytest.mark.parametrize("use_vector", [True, False], ids=["precomputed-vector", "per-source-views"])
+def test_a_user_twice_in_one_batch_gets_the_same_row_twice(sqlite_store, recent_ds, use_vector):
+    store, _ = sqlite_store
+    users = _users(recent_ds, 5)[:5]
+    batch = [users[0], users[1], users[0], "nobody-1", users[1]]
+    rows = OnlineLookup(store, use_vector=use_vector).lookup(batch)
+    single = OnlineLookup(store, use_vector=use_vector).lookup(users[:2])
+    for name in rows:
+        got = rows[name].table.to_pylist()
+        assert repr(got[0]) == repr(got[2]) == repr(single[name].table.to_pylist()[0])
+        assert repr(got[1]) == repr(got[4]) == repr(single[name].table.to_pylist()[1])
+        assert rows[name].present.tolist() == [single[name].present[0], single[name].present[1],
+                                               single[name].present[0], False, single[name].present[1]]
+
+
 def test_lookup_values_equal_the_source_rows(sqlite_store, recent_ds):
     store, _ = sqlite_store
     users = _users(recent_ds, 60)
