@@ -147,19 +147,16 @@ class OnlineLookup:
         return {x.name: out[v] for v, x in enumerate(self.layouts)}
 
     def _read_vectors_sqlite(self, keys: list[bytes]) -> list[bytes | None]:
-        index = {k: i for i, k in enumerate(keys)}
-        out: list[bytes | None] = [None] * len(keys)
+        """Serialized ``Value``s of every user's vector (the view's only feature), in key order."""
         try:
             rows = self._sqlite().execute(
                 f'SELECT entity_key, value FROM "{self.vector_table}" '
-                f"WHERE entity_key IN ({','.join('?' * len(keys))}) AND feature_name = ?",
-                [*keys, VECTOR_FIELD]).fetchall()
+                f"WHERE entity_key IN ({','.join('?' * len(keys))})", keys).fetchall()
         except sqlite3.Error as exc:
             self._conn = None
             raise FeatureStoreUnavailable(f"SQLite online store read failed: {exc}") from exc
-        for key, blob in rows:
-            out[index[key]] = blob  # still a serialized Value: vector.decode(wrapped=True) unwraps
-        return out
+        found = dict(rows)  # unwrapped by vector.decode(wrapped=True)
+        return [found.get(k) for k in keys]
 
     # ---- Redis ---------------------------------------------------------------------------------
     def _read_vectors_redis(self, keys: list[bytes]) -> list[bytes | None]:
