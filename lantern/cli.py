@@ -262,6 +262,34 @@ def bench_features_cmd(
     out.print(f"results in {json_out}")
 
 
+# ---- streaming -------------------------------------------------------------------------------
+@app.command()
+def broker():
+    """Start a broker for local use and print its bootstrap address; Ctrl-C or SIGTERM stops it.
+
+    KAFKA_BOOTSTRAP set → that broker is used; a reachable Docker engine → Apache Kafka via
+    testcontainers; otherwise the embedded Tansu broker (memory-only) on a free loopback port."""
+    import os
+    import signal
+    import threading
+
+    from streaming.broker import launch_broker
+
+    with launch_broker(os.environ.get("KAFKA_BOOTSTRAP")) as b:
+        print(b.bootstrap, flush=True)  # stdout: the address alone, for scripts
+        console.print(f"{b.kind} broker at {b.bootstrap}" + (f" (log {b.log})" if b.log else ""))
+        if b.kind == "external":
+            return
+        stopped = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+        try:
+            while not stopped.wait(0.5):
+                pass
+        except KeyboardInterrupt:
+            pass
+    console.print("broker stopped")
+
+
 def main() -> None:
     try:
         app()

@@ -5,14 +5,31 @@ Everything binds to 127.0.0.1 and lives only as long as the context manager.
 
 from __future__ import annotations
 
+import ctypes
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from lantern.errors import ConfigError
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Linux: the child gets SIGTERM when the process that started it dies, even by SIGKILL."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+    except OSError:
+        pass
+
+
+def spawn(args: list[str], log) -> subprocess.Popen:
+    """Start a server process that cannot outlive this one; its output goes to ``log``."""
+    return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
+                            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
 
 
 def free_port() -> int:
@@ -51,8 +68,8 @@ def redis_server(port: int | None = None) -> Iterator[str]:
     if binary is None:
         raise ConfigError("no redis-server binary on PATH (Debian: apt-get install redis-server)")
     port = port or free_port()
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--protected-mode", "yes"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = spawn([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                  "--protected-mode", "yes"], subprocess.DEVNULL)
     try:
         wait_for_port(port, 10.0, proc)
         yield f"127.0.0.1:{port}"
