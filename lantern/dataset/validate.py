@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -17,25 +18,33 @@ from lantern.errors import DataValidationError
 Answer = tuple[str, Sequence[str]]
 
 
-def answers_problem(q: Questionnaire, answers: Iterable[Answer]) -> tuple[str, str] | None:
-    """Return ``(field, reason)`` for the first contract violation in one session, else None."""
+@dataclass(frozen=True)
+class Problem:
+    """One contract violation in a session: where, why, and a stable error class."""
+
+    field: str
+    reason: str
+    kind: str  # unknown_question | duplicate_answer | unknown_option | repeated_option | single_select | routing
+
+
+def answers_problem(q: Questionnaire, answers: Iterable[Answer]) -> Problem | None:
+    """The first contract violation in one session's answers, else None."""
     given: dict[str, Sequence[str]] = {}
     for i, (qid, options) in enumerate(answers):
         question = q.by_id.get(qid)
         if question is None:
-            return f"answers[{i}].question_id", f"unknown question id {qid!r}"
+            return Problem(f"answers[{i}].question_id", f"unknown question id {qid!r}", "unknown_question")
         if qid in given:
-            return f"answers[{i}].question_id", f"question {qid!r} answered twice"
+            return Problem(f"answers[{i}].question_id", f"question {qid!r} answered twice", "duplicate_answer")
         unknown = [o for o in options if o not in question.option_ids]
         if unknown:
-            return f"answers[{i}].option_ids", f"unknown option ids {unknown} for question {qid!r}"
+            return Problem(f"answers[{i}].option_ids", f"unknown option ids {unknown} for question {qid!r}",
+                           "unknown_option")
         if len(set(options)) != len(options):
-            return f"answers[{i}].option_ids", f"repeated option ids for question {qid!r}"
+            return Problem(f"answers[{i}].option_ids", f"repeated option ids for question {qid!r}", "repeated_option")
         if question.kind == "single" and len(options) > 1:
-            return (
-                f"answers[{i}].option_ids",
-                f"single-select question {qid!r} has {len(options)} options selected",
-            )
+            return Problem(f"answers[{i}].option_ids",
+                           f"single-select question {qid!r} has {len(options)} options selected", "single_select")
         given[qid] = options
     for i, qid in enumerate(given):
         cond = q.by_id[qid].condition
@@ -43,11 +52,9 @@ def answers_problem(q: Questionnaire, answers: Iterable[Answer]) -> tuple[str, s
             continue
         parent = given.get(cond.question_id, ())
         if not set(parent) & set(cond.option_ids):
-            return (
-                f"answers[{i}].question_id",
-                f"question {qid!r} is presented only if {cond.question_id!r} is one of "
-                f"{list(cond.option_ids)}, but it was answered with {list(parent)}",
-            )
+            return Problem(f"answers[{i}].question_id",
+                           f"question {qid!r} is presented only if {cond.question_id!r} is one of "
+                           f"{list(cond.option_ids)}, but it was answered with {list(parent)}", "routing")
     return None
 
 
@@ -84,8 +91,7 @@ def validate_sessions(table: pa.Table, q: Questionnaire, file: str = schema.SESS
     for row, answers in enumerate(table.column("answers").to_pylist()):
         problem = answers_problem(q, ((a["question_id"], a["option_ids"] or ()) for a in answers))
         if problem:
-            field, reason = problem
-            raise DataValidationError(reason, file=file, row=row, field=field)
+            raise DataValidationError(problem.reason, file=file, row=row, field=problem.field)
     return table
 
 

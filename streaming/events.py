@@ -1,0 +1,155 @@
+"""Event formats of the stream, as pure functions (no Kafka here; see docs/events.md).
+
+* ``survey.sessions.completed``: one completed session (data contract) + ``schema_version`` and
+  ``event_id`` (= ``session_id``), JSON, key = ``user_id``.
+* ``lantern.scores``: the scores of one session; probabilities are base64 of little-endian
+  float32 in response-key order (the questionnaire hash names that order).
+* ``survey.sessions.completed.dlq``: the original bytes plus headers saying what was wrong and
+  where the event came from.
+
+Parsing returns data, never raises: a :class:`SessionEvent` or an :class:`EventError`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import numpy as np
+import pyarrow as pa
+
+from lantern.dataset import schema
+from lantern.dataset.questionnaire import Questionnaire
+from lantern.dataset.validate import answers_problem
+
+SCHEMA_VERSION = 1
+MAX_EVENT_BYTES = 64 * 1024
+INPUT_TOPIC, SCORES_TOPIC = "survey.sessions.completed", "lantern.scores"
+DLQ_TOPIC = INPUT_TOPIC + ".dlq"
+
+
+@dataclass(frozen=True)
+class SessionEvent:
+    session_id: str
+    user_id: str
+    completed_at: datetime  # timezone-aware UTC
+    answers: tuple[tuple[str, tuple[str, ...]], ...]
+
+
+@dataclass(frozen=True)
+class EventError:
+    """Why an event cannot be scored. ``kind`` is stable (DLQ header, metrics)."""
+
+    kind: str  # oversized | bad_json | unknown_schema_version | wrong_types | empty_answers | <contract kinds>
+    message: str
+    field: str = ""
+
+
+def _wrong(field: str, expected: str, value) -> EventError:
+    return EventError("wrong_types", f"{field} must be {expected}, got {type(value).__name__}", field)
+
+
+def parse_event(raw: bytes, q: Questionnaire, max_bytes: int = MAX_EVENT_BYTES) -> SessionEvent | EventError:
+    """Bytes of one input event → a validated session, or the reason it is not one."""
+    if len(raw) > max_bytes:
+        return EventError("oversized", f"event is {len(raw)} bytes, the limit is {max_bytes}")
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        return EventError("bad_json", f"not valid JSON: {exc}")
+    if not isinstance(body, dict):
+        return _wrong("event", "a JSON object", body)
+    version = body.get("schema_version")
+    if version != SCHEMA_VERSION:
+        return EventError("unknown_schema_version", f"schema_version {version!r} is not {SCHEMA_VERSION}",
+                          "schema_version")
+    for name in ("event_id", "session_id", "user_id", "completed_at"):
+        if not isinstance(body.get(name), str) or not body[name]:
+            return _wrong(name, "a non-empty string", body.get(name))
+    if body["event_id"] != body["session_id"]:
+        return EventError("wrong_types", "event_id must equal session_id", "event_id")
+    try:
+        completed = datetime.fromisoformat(body["completed_at"].replace("Z", "+00:00"))
+    except ValueError:
+        return EventError("wrong_types", f"completed_at {body['completed_at']!r} is not an ISO 8601 time",
+                          "completed_at")
+    if completed.tzinfo is None:
+        return EventError("wrong_types", "completed_at needs a time zone (e.g. ...Z)", "completed_at")
+    answers = body.get("answers")
+    if not isinstance(answers, list):
+        return _wrong("answers", "a list", answers)
+    parsed = []
+    for i, a in enumerate(answers):
+        if not isinstance(a, dict) or not isinstance(a.get("question_id"), str):
+            return _wrong(f"answers[{i}].question_id", "a string", a.get("question_id") if isinstance(a, dict) else a)
+        options = a.get("option_ids")
+        if not isinstance(options, list) or not all(isinstance(o, str) for o in options):
+            return _wrong(f"answers[{i}].option_ids", "a list of strings", options)
+        parsed.append((a["question_id"], tuple(options)))
+    if not any(options for _, options in parsed):
+        return EventError("empty_answers", "the session answers no question", "answers")
+    problem = answers_problem(q, parsed)
+    if problem:
+        return EventError(problem.kind, problem.reason, problem.field)
+    return SessionEvent(body["session_id"], body["user_id"], completed.astimezone(timezone.utc), tuple(parsed))
+
+
+def event_bytes(session_id: str, user_id: str, completed_at: datetime, answers) -> bytes:
+    """One input event; ``answers`` as the contract's list of {question_id, option_ids}."""
+    return json.dumps({
+        "schema_version": SCHEMA_VERSION, "event_id": session_id, "session_id": session_id, "user_id": user_id,
+        "completed_at": completed_at.astimezone(timezone.utc).isoformat().replace("+00:00", "Z"),
+        "answers": [{"question_id": a["question_id"], "option_ids": list(a["option_ids"] or [])} for a in answers],
+    }, separators=(",", ":")).encode()
+
+
+def sessions_to_events(sessions: pa.Table) -> list[tuple[bytes, bytes]]:
+    """A contract sessions table → (key, value) input events, in row order."""
+    rows = sessions.to_pylist()
+    return [(r["user_id"].encode(), event_bytes(r["session_id"], r["user_id"], r["completed_at"], r["answers"]))
+            for r in rows]
+
+
+def events_to_sessions(events: list[SessionEvent]) -> pa.Table:
+    """Validated events → a contract sessions table (what the encoders and the archive take)."""
+    return pa.table({
+        "session_id": [e.session_id for e in events],
+        "user_id": [e.user_id for e in events],
+        "completed_at": pa.array([e.completed_at for e in events], schema.TIMESTAMP),
+        "answers": pa.array([[{"question_id": qid, "option_ids": list(opts)} for qid, opts in e.answers]
+                             for e in events], schema.SESSIONS.field("answers").type),
+    }, schema=schema.SESSIONS)
+
+
+# ---- scores --------------------------------------------------------------------------------------
+def encode_probabilities(probs: np.ndarray) -> str:
+    return base64.b64encode(np.asarray(probs, "<f4").tobytes()).decode()
+
+
+def decode_probabilities(text: str) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(text), "<f4")
+
+
+def score_bytes(event: SessionEvent, probs: np.ndarray, q: Questionnaire, model_version: str, threshold: float,
+                sources_used: list[str], gate_mean: float | None, scored_at: datetime, degraded: bool = False) -> bytes:
+    assert probs.shape == (q.n_keys,), probs.shape
+    return json.dumps({
+        "schema_version": SCHEMA_VERSION, "session_id": event.session_id, "user_id": event.user_id,
+        "model_version": model_version, "questionnaire_hash": q.content_hash,
+        "completed_at": event.completed_at.isoformat().replace("+00:00", "Z"),
+        "scored_at": scored_at.astimezone(timezone.utc).isoformat().replace("+00:00", "Z"),
+        "probabilities_f32": encode_probabilities(probs),
+        "predicted_keys": [q.response_keys[i] for i in np.flatnonzero(probs >= threshold)],
+        "threshold": threshold, "external_sources_used": sources_used,
+        "gate_mean": gate_mean, "degraded": degraded,
+    }, separators=(",", ":")).encode()
+
+
+# ---- dead letters ------------------------------------------------------------------------------
+def dlq_headers(error: EventError, topic: str, partition: int, offset: int) -> list[tuple[str, bytes]]:
+    """KIP-1034-style headers: what was wrong and where the original record lives."""
+    return [("lantern.error.class", error.kind.encode()), ("lantern.error.message", error.message.encode()),
+            ("lantern.error.field", error.field.encode()), ("lantern.source.topic", topic.encode()),
+            ("lantern.source.partition", str(partition).encode()), ("lantern.source.offset", str(offset).encode())]

@@ -1,0 +1,81 @@
+"""Event parsing, validation, round trips and encodings — pure, no broker."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+import numpy as np
+import pytest
+
+from streaming.events import (DLQ_TOPIC, EventError, SessionEvent, decode_probabilities, dlq_headers,
+                              events_to_sessions, parse_event, score_bytes, sessions_to_events)
+
+
+@pytest.fixture(scope="module")
+def events(small_ds):
+    return sessions_to_events(small_ds.sessions.slice(0, 300))
+
+
+def test_sessions_round_trip_through_events(small_ds, events):
+    parsed = [parse_event(value, small_ds.questionnaire) for _, value in events]
+    assert all(isinstance(p, SessionEvent) for p in parsed)
+    assert [k for k, _ in events] == [p.user_id.encode() for p in parsed]
+    table = events_to_sessions(parsed)
+    assert table.equals(small_ds.sessions.slice(0, 300))
+
+
+def _mutate(raw: bytes, fn) -> bytes:
+    body = json.loads(raw)
+    fn(body)
+    return json.dumps(body).encode()
+
+
+def _first_single(q):
+    return next(x for x in q.questions if x.kind == "single" and x.condition is None)
+
+
+@pytest.mark.parametrize("kind", ["oversized", "bad_json", "deep_json", "unknown_schema_version", "wrong_types",
+                                  "bad_time", "empty_answers", "unknown_question", "unknown_option",
+                                  "single_select", "routing", "not_an_object"])
+def test_every_poison_pill_is_an_error_with_its_kind(small_ds, events, kind):
+    q, raw = small_ds.questionnaire, events[0][1]
+    single = _first_single(q)
+    routed = next(x for x in q.questions if x.condition)
+    bad = {
+        "oversized": raw + b" " * 70_000,
+        "bad_json": raw[:-5],
+        "deep_json": b"[" * 20_000 + b"]" * 20_000,  # under the size limit, past the parser's depth
+        "unknown_schema_version": _mutate(raw, lambda b: b.update(schema_version=99)),
+        "wrong_types": _mutate(raw, lambda b: b.update(user_id=42)),
+        "bad_time": _mutate(raw, lambda b: b.update(completed_at="yesterday")),
+        "empty_answers": _mutate(raw, lambda b: b.update(answers=[])),
+        "unknown_question": _mutate(raw, lambda b: b["answers"].append({"question_id": "zz", "option_ids": []})),
+        "unknown_option": _mutate(raw, lambda b: b.update(answers=[{"question_id": single.id, "option_ids": ["o99"]}])),
+        "single_select": _mutate(raw, lambda b: b.update(
+            answers=[{"question_id": single.id, "option_ids": ["o1", "o2"]}])),
+        "routing": _mutate(raw, lambda b: b.update(answers=[{"question_id": routed.id, "option_ids": ["o1"]}])),
+        "not_an_object": b"[1, 2, 3]",
+    }[kind]
+    got = parse_event(bad, q)
+    assert isinstance(got, EventError), kind
+    expected = {"deep_json": "bad_json", "bad_time": "wrong_types", "not_an_object": "wrong_types"}.get(kind, kind)
+    assert got.kind == expected and got.message
+
+
+def test_scores_carry_exact_float32_probabilities(small_ds, events):
+    q = small_ds.questionnaire
+    event = parse_event(events[0][1], q)
+    probs = np.random.default_rng(0).random(q.n_keys).astype(np.float32)
+    body = json.loads(score_bytes(event, probs, q, "v7", 0.5, ["engagement"], 0.3,
+                                  datetime(2026, 11, 22, tzinfo=timezone.utc)))
+    np.testing.assert_array_equal(decode_probabilities(body["probabilities_f32"]), probs)
+    assert body["predicted_keys"] == [q.response_keys[i] for i in np.flatnonzero(probs >= 0.5)]
+    assert (body["session_id"], body["model_version"], body["questionnaire_hash"]) == (
+        event.session_id, "v7", q.content_hash)
+
+
+def test_dlq_headers_say_what_and_where():
+    headers = dict(dlq_headers(EventError("bad_json", "not valid JSON", ""), DLQ_TOPIC[:-4], 3, 1234))
+    assert headers["lantern.error.class"] == b"bad_json"
+    assert headers["lantern.source.partition"] == b"3" and headers["lantern.source.offset"] == b"1234"
