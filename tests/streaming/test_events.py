@@ -8,8 +8,17 @@ from datetime import datetime, timezone
 import numpy as np
 import pytest
 
-from streaming.events import (DLQ_TOPIC, EventError, SessionEvent, decode_probabilities, dlq_headers,
-                              events_to_sessions, parse_event, score_bytes, sessions_to_events)
+from streaming.events import (
+    DLQ_TOPIC,
+    EventError,
+    SessionEvent,
+    decode_probabilities,
+    dlq_headers,
+    events_to_sessions,
+    parse_event,
+    score_bytes,
+    sessions_to_events,
+)
 
 
 @pytest.fixture(scope="module")
