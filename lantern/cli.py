@@ -290,6 +290,75 @@ def broker():
     console.print("broker stopped")
 
 
+BootstrapOpt = Annotated[Optional[str], typer.Option("--bootstrap", help="Kafka HOST:PORT (default: "
+                                                     "$KAFKA_BOOTSTRAP, else settings kafka.bootstrap).")]
+
+
+def _kafka_overrides(bootstrap: str | None) -> dict:
+    import os
+
+    return {"bootstrap": bootstrap or os.environ.get("KAFKA_BOOTSTRAP")}
+
+
+@app.command()
+def replay(
+    ctx: typer.Context,
+    data: Annotated[Optional[Path], typer.Option(help="Dataset directory whose sessions are replayed.")] = None,
+    bootstrap: BootstrapOpt = None,
+    rate: Annotated[Optional[float], typer.Option(min=0.1, help="Events per second (default: as fast as possible).")] = None,
+    limit: Annotated[Optional[int], typer.Option(min=1, help="Replay only the first N sessions.")] = None,
+):
+    """Replay a dataset's sessions as completion events, in completion order, rate-limited."""
+    import pyarrow.compute as pc
+
+    from lantern.dataset.io import load_dataset
+    from streaming.events import sessions_to_events
+    from streaming.kafka_io import replay as run
+
+    s = _settings(ctx, paths=dict(data=data), kafka=_kafka_overrides(bootstrap))
+    sessions = load_dataset(s.paths.data).sessions
+    sessions = sessions.take(pc.sort_indices(sessions, [("completed_at", "ascending")]))
+    if limit:
+        sessions = sessions.slice(0, limit)
+    t0 = time.perf_counter()
+    n = run(s.kafka, sessions_to_events(sessions), rate)
+    out.print(f"replayed {n} sessions to {s.kafka.input_topic} in {time.perf_counter() - t0:.1f} s")
+
+
+@app.command()
+def score(
+    ctx: typer.Context,
+    model: Annotated[Path, typer.Option(help="Model directory (lantern train / the registry).")],
+    bootstrap: BootstrapOpt = None,
+    max_events: Annotated[Optional[int], typer.Option(min=1, help="Stop after this many events.")] = None,
+    idle_exit: Annotated[Optional[float], typer.Option(help="Stop after this many idle seconds.")] = None,
+    use_features: Annotated[bool, typer.Option("--features/--no-features",
+                                               help="Look external context up in the feature store.")] = True,
+    threshold: Annotated[float, typer.Option(min=0, max=1)] = 0.5,
+):
+    """Consume completed sessions, score them in micro-batches, produce scores (at-least-once)."""
+    from model.checkpoint import load_model
+    from model.train import resolve_device
+    from streaming.kafka_io import KafkaScorer
+    from streaming.scoring import BatchScorer, InProcessPredictor
+
+    s = _settings(ctx, kafka=_kafka_overrides(bootstrap))
+    device = resolve_device(s.train.device)
+    loaded = load_model(model, device)
+    client = None
+    if use_features:
+        from features.lookup import OnlineLookup
+        from features.store import open_store
+
+        client = OnlineLookup(open_store(s.features))
+    version = loaded.meta.get("version", model.name)
+    scorer = BatchScorer(loaded.questionnaire, loaded.features, InProcessPredictor(loaded.model, version, device),
+                         client, threshold)
+    stats = KafkaScorer(scorer, s.kafka, max_events, idle_exit, log=console.print).run()
+    out.print(f"consumed {stats.consumed}, scored {stats.scored}, dead-lettered {stats.dead_lettered}, "
+              f"degraded batches {stats.degraded_batches}, in {stats.batches} micro-batches")
+
+
 def main() -> None:
     try:
         app()

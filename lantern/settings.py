@@ -16,10 +16,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from features.store import FeatureStoreConfig
 from lantern.dataset.simulate import SimConfig
 from lantern.errors import ConfigError
-from features.store import FeatureStoreConfig
 from model.train import TrainConfig
+from streaming.kafka_io import KafkaConfig
 
 
 class Paths(BaseModel):
@@ -37,6 +38,7 @@ class LanternSettings(BaseSettings):
     simulate: SimConfig = SimConfig()
     train: TrainConfig = TrainConfig()
     features: FeatureStoreConfig = FeatureStoreConfig()
+    kafka: KafkaConfig = KafkaConfig()
     threads: int = 0  # torch intra-op threads; 0 = one per core
 
     @classmethod

@@ -62,7 +62,7 @@ def embedded_broker() -> Iterator[Broker]:
         wait_for_port(port, 15.0, proc)
         yield Broker(f"127.0.0.1:{port}", "embedded", log)
     finally:
-        stop(proc)
+        stop(proc, timeout_s=1.0)  # memory-only: nothing to flush, so a short grace period
 
 
 @contextmanager

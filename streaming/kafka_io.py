@@ -1,0 +1,178 @@
+"""Thin kafka-python shells: connection options, topics, replay, and the scorer loop.
+
+At-least-once: per micro-batch, score → produce scores and dead letters (idempotent producer)
+→ ``flush()`` → commit exactly the offsets just processed. Nothing is committed before its
+outputs are acknowledged, so a crash re-delivers at most the batch in flight.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.errors import TopicAlreadyExistsError
+from kafka.structs import OffsetAndMetadata, TopicPartition
+from tqdm.auto import tqdm
+
+from streaming.broker import FAST_GROUP
+from streaming.events import DLQ_TOPIC, INPUT_TOPIC, SCORES_TOPIC, dlq_headers
+from streaming.scoring import BatchScorer, Record
+
+
+@dataclass(frozen=True)
+class KafkaConfig:
+    bootstrap: str = "127.0.0.1:9092"
+    input_topic: str = INPUT_TOPIC
+    scores_topic: str = SCORES_TOPIC
+    dlq_topic: str = DLQ_TOPIC
+    partitions: int = 4
+    group_id: str = "lantern-scorer"
+    max_poll_records: int = 256
+    # kafka-python security options, passed through; never logged
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_plain_username: str | None = None
+    sasl_plain_password: str | None = None
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+
+    def client_options(self) -> dict:
+        keys = ("security_protocol", "sasl_mechanism", "sasl_plain_username", "sasl_plain_password",
+                "ssl_cafile", "ssl_certfile", "ssl_keyfile")
+        return {"bootstrap_servers": self.bootstrap,
+                **{k: getattr(self, k) for k in keys if getattr(self, k) is not None}}
+
+    def __repr__(self) -> str:  # secrets stay out of logs and reports
+        return f"KafkaConfig(bootstrap={self.bootstrap!r}, group_id={self.group_id!r}, " \
+               f"security_protocol={self.security_protocol!r})"
+
+
+def ensure_topics(cfg: KafkaConfig) -> None:
+    admin = KafkaAdminClient(**cfg.client_options())
+    try:
+        existing = set(admin.list_topics())
+        wanted = [NewTopic(t, num_partitions=n, replication_factor=1)
+                  for t, n in ((cfg.input_topic, cfg.partitions), (cfg.scores_topic, cfg.partitions),
+                               (cfg.dlq_topic, 1)) if t not in existing]
+        if wanted:
+            try:
+                admin.create_topics(wanted)
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        admin.close()
+
+
+def replay(cfg: KafkaConfig, events: list[tuple[bytes, bytes]], rate: float | None = None,
+           progress: bool = True) -> int:
+    """Produce ``events`` to the input topic at ``rate`` events/s (None = as fast as possible)."""
+    ensure_topics(cfg)
+    producer = KafkaProducer(acks="all", linger_ms=5, **cfg.client_options())
+    t0 = time.perf_counter()
+    try:
+        for i, (key, value) in enumerate(tqdm(events, desc="replay", disable=not progress, mininterval=1.0)):
+            if rate:
+                ahead = t0 + i / rate - time.perf_counter()
+                if ahead > 0:
+                    time.sleep(ahead)
+            producer.send(cfg.input_topic, key=key, value=value)
+        producer.flush()
+    finally:
+        producer.close()
+    return len(events)
+
+
+@dataclass
+class ScoreStats:
+    consumed: int = 0
+    scored: int = 0
+    dead_lettered: int = 0
+    degraded_batches: int = 0
+    batches: int = 0
+    latencies_s: list[float] = field(default_factory=list)  # per batch: poll → commit
+
+
+class _CommitOnRevoke(ConsumerRebalanceListener):
+    """Every batch is committed before the next poll, so a revocation finds nothing pending;
+    it is logged so rebalances are visible."""
+
+    def __init__(self, log):
+        self.log = log
+
+    def on_partitions_revoked(self, revoked):
+        if revoked:
+            self.log(f"partitions revoked: {sorted(tp.partition for tp in revoked)}")
+
+    def on_partitions_assigned(self, assigned):
+        if assigned:
+            self.log(f"partitions assigned: {sorted(tp.partition for tp in assigned)}")
+
+
+class KafkaScorer:
+    def __init__(self, scorer: BatchScorer, cfg: KafkaConfig, max_events: int | None = None,
+                 idle_exit_s: float | None = None, log=lambda msg: None):
+        self.scorer, self.cfg, self.max_events, self.idle_exit_s, self.log = scorer, cfg, max_events, idle_exit_s, log
+        self.stopping = False
+
+    def stop(self, *_) -> None:
+        self.stopping = True
+
+    def _records(self, polled) -> list[Record]:
+        return [Record(tp.topic, tp.partition, m.offset, m.key, m.value) for tp, msgs in polled.items() for m in msgs]
+
+    def _produce(self, producer: KafkaProducer, records: Iterable[Record], result) -> None:
+        for key, value in result.scores:
+            producer.send(self.cfg.scores_topic, key=key, value=value)
+        for record, error in result.dead:
+            producer.send(self.cfg.dlq_topic, key=record.key, value=record.value,
+                          headers=dlq_headers(error, record.topic, record.partition, record.offset))
+        producer.flush()  # outputs acknowledged before the offsets move
+
+    def run(self) -> ScoreStats:
+        ensure_topics(self.cfg)
+        opts = self.cfg.client_options()
+        consumer = KafkaConsumer(group_id=self.cfg.group_id, enable_auto_commit=False, auto_offset_reset="earliest",
+                                 max_poll_records=self.cfg.max_poll_records, **FAST_GROUP, **opts)
+        consumer.subscribe([self.cfg.input_topic], listener=_CommitOnRevoke(self.log))
+        producer = KafkaProducer(acks="all", enable_idempotence=True, linger_ms=2, **opts)
+        previous = signal.signal(signal.SIGTERM, self.stop) if _main_thread() else None
+        stats, idle_since = ScoreStats(), time.monotonic()
+        try:
+            while not self.stopping:
+                polled = consumer.poll(timeout_ms=500)
+                if not polled:
+                    if self.idle_exit_s is not None and time.monotonic() - idle_since > self.idle_exit_s:
+                        break
+                    continue
+                t0 = time.perf_counter()
+                records = self._records(polled)
+                result = self.scorer.score(records)
+                self._produce(producer, records, result)
+                consumer.commit({TopicPartition(tp.topic, tp.partition): OffsetAndMetadata(msgs[-1].offset + 1, "", -1)
+                                 for tp, msgs in polled.items()})
+                stats.latencies_s.append(time.perf_counter() - t0)
+                stats.consumed += len(records)
+                stats.scored += len(result.scores)
+                stats.dead_lettered += len(result.dead)
+                stats.degraded_batches += int(result.degraded)
+                stats.batches += 1
+                idle_since = time.monotonic()
+                if self.max_events is not None and stats.consumed >= self.max_events:
+                    break
+        finally:
+            consumer.close(autocommit=False)  # leaves the group; everything done is committed
+            producer.close()
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+        return stats
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()

@@ -1,0 +1,137 @@
+"""The Kafka scorer on a real broker (KAFKA_BOOTSTRAP, else testcontainers, else embedded Tansu):
+N events in → N distinct session_ids out, each equal to offline scoring; poison pills → DLQ."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+
+import numpy as np
+import pytest
+from kafka import KafkaConsumer
+
+from model.train import TrainConfig, fit, prepare
+from streaming.broker import launch_broker
+from streaming.events import decode_probabilities, sessions_to_events
+from streaming.kafka_io import KafkaConfig, KafkaScorer, replay
+from streaming.scoring import BatchScorer, InProcessPredictor
+from streaming.testing import FakeFeatures
+from tests.streaming.test_scoring import _offline
+
+
+@pytest.fixture(scope="module")
+def broker():
+    with launch_broker(os.environ.get("KAFKA_BOOTSTRAP")) as b:
+        yield b
+
+
+@pytest.fixture(scope="module")
+def scorer(small_ds):
+    tc = TrainConfig(variant="lantern", epochs=1, batch_size=128, seed=4)
+    prep = prepare(small_ds, tc)
+    model, _ = fit(prep, tc, progress=False)
+    return BatchScorer(small_ds.questionnaire, prep.features, InProcessPredictor(model, "v-kafka"),
+                       FakeFeatures(small_ds.external))
+
+
+def topics(broker) -> KafkaConfig:
+    tag = uuid.uuid4().hex[:8]
+    return KafkaConfig(bootstrap=broker.bootstrap, input_topic=f"in-{tag}", scores_topic=f"scores-{tag}",
+                       dlq_topic=f"dlq-{tag}", group_id=f"scorer-{tag}", max_poll_records=64)
+
+
+def read_all(bootstrap: str, topic: str, expect: int, timeout_s: float = 30) -> list:
+    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                             enable_auto_commit=False, group_id=None, consumer_timeout_ms=2000)
+    got, deadline = [], time.monotonic() + timeout_s
+    while len(got) < expect and time.monotonic() < deadline:
+        for records in consumer.poll(500).values():
+            got += records
+    consumer.close()
+    return got
+
+
+def test_every_event_scored_once_equal_to_offline_and_poison_dead_lettered(small_ds, broker, scorer):
+    cfg = topics(broker)
+    sessions = small_ds.sessions.slice(0, 300)
+    events = sessions_to_events(sessions)
+    poison = [(b"u1", b"{nope"), (b"u2", b'{"schema_version": 2}'), (b"u3", b"[]")]
+    assert replay(cfg, events[:150] + poison + events[150:], progress=False) == 303
+    stats = KafkaScorer(scorer, cfg, max_events=303, idle_exit_s=20).run()
+    assert (stats.consumed, stats.scored, stats.dead_lettered) == (303, 300, 3)
+    scores = [json.loads(r.value) for r in read_all(broker.bootstrap, cfg.scores_topic, 300)]
+    assert sorted(o["session_id"] for o in scores) == sorted(sessions.column("session_id").to_pylist())
+    offline = dict(zip(sessions.column("session_id").to_pylist(), _offline(small_ds, scorer, sessions)))
+    for o in scores:
+        np.testing.assert_allclose(decode_probabilities(o["probabilities_f32"]), offline[o["session_id"]], atol=1e-5)
+    dead = read_all(broker.bootstrap, cfg.dlq_topic, 3)
+    assert sorted(r.value for r in dead) == sorted(v for _, v in poison)
+    kinds = sorted(dict(r.headers)["lantern.error.class"].decode() for r in dead)
+    assert kinds == ["bad_json", "unknown_schema_version", "wrong_types"]
+    # the group's committed offsets cover every input record: a restart has nothing to redo
+    again = KafkaScorer(scorer, cfg, idle_exit_s=3).run()
+    assert again.consumed == 0
+
+
+CRASHING_SCORER = """
+import os, signal, sys
+from model.checkpoint import load_model
+from streaming.kafka_io import KafkaConfig, KafkaScorer
+from streaming.scoring import BatchScorer, InProcessPredictor
+
+class CrashAfterProduce(KafkaScorer):
+    def _produce(self, producer, records, result):
+        super()._produce(producer, records, result)   # scores flushed to the broker ...
+        os.kill(os.getpid(), signal.SIGKILL)          # ... and the process dies before committing
+
+cfg = KafkaConfig(**{k: v for k, v in (a.split("=", 1) for a in sys.argv[2:])}, max_poll_records=64)
+loaded = load_model(sys.argv[1])
+scorer = BatchScorer(loaded.questionnaire, loaded.features, InProcessPredictor(loaded.model, "v-crash"), None)
+CrashAfterProduce(scorer, cfg).run()
+"""
+
+
+def test_kill_9_between_produce_and_commit_loses_nothing(small_ds, broker, scorer, tmp_path):
+    import subprocess
+    import sys
+
+    from model.checkpoint import save_model
+
+    model_dir = save_model(tmp_path / "m", scorer.predictor.model, scorer.spec, small_ds.questionnaire, {})
+    cfg = topics(broker)
+    sessions = small_ds.sessions.slice(0, 200)
+    replay(cfg, sessions_to_events(sessions), progress=False)
+    args = [f"{k}={getattr(cfg, k)}" for k in ("bootstrap", "input_topic", "scores_topic", "dlq_topic", "group_id")]
+    crashed = subprocess.run([sys.executable, "-c", CRASHING_SCORER, str(model_dir), *args], timeout=120)
+    assert crashed.returncode == -9
+    survey_only = BatchScorer(small_ds.questionnaire, scorer.spec, scorer.predictor, None)
+    stats = KafkaScorer(survey_only, cfg, idle_exit_s=20).run()  # > the dead member's 6 s session
+    assert stats.consumed == 200  # the uncommitted batch is redelivered, together with the rest
+    out = [json.loads(r.value)["session_id"] for r in read_all(broker.bootstrap, cfg.scores_topic, 200 + 64)]
+    assert set(out) == set(sessions.column("session_id").to_pylist())  # every session scored at least once
+    duplicates = len(out) - len(set(out))
+    assert 0 < duplicates <= 64  # exactly the one batch in flight, at most
+
+
+def test_two_scorers_split_the_partitions_and_one_takes_over(small_ds, broker, scorer):
+    import threading
+
+    cfg = topics(broker)
+    sessions = small_ds.sessions.slice(0, 400)
+    replay(cfg, sessions_to_events(sessions), progress=False)
+    first = KafkaScorer(scorer, cfg, max_events=128)  # stops early: its partitions move to the second
+    second = KafkaScorer(scorer, cfg, idle_exit_s=8)
+    results = {}
+    threads = [threading.Thread(target=lambda n=n, s=s: results.__setitem__(n, s.run())) for n, s in
+               (("first", first), ("second", second))]
+    for t in threads:
+        t.start()
+        time.sleep(0.5)
+    for t in threads:
+        t.join(120)
+    assert results["first"].consumed >= 128 and results["second"].consumed > 0
+    assert results["first"].consumed + results["second"].consumed >= 400
+    out = [json.loads(r.value)["session_id"] for r in read_all(broker.bootstrap, cfg.scores_topic, 400)]
+    assert set(out) == set(sessions.column("session_id").to_pylist())
