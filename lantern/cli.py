@@ -281,11 +281,10 @@ def broker():
         if b.kind == "external":
             return
         stopped = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: stopped.set())
-        try:
-            while not stopped.wait(0.5):
-                pass
-        except KeyboardInterrupt:
+        # both explicitly: a process started in the background inherits SIGINT as *ignored*
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stopped.set())
+        while not stopped.wait(0.5):
             pass
     console.print("broker stopped")
 
@@ -357,6 +356,27 @@ def score(
     stats = KafkaScorer(scorer, s.kafka, max_events, idle_exit, log=console.print).run()
     out.print(f"consumed {stats.consumed}, scored {stats.scored}, dead-lettered {stats.dead_lettered}, "
               f"degraded batches {stats.degraded_batches}, in {stats.batches} micro-batches")
+
+
+@app.command()
+def archive(
+    ctx: typer.Context,
+    out_dir: Annotated[Path, typer.Option("--out", help="Archive root (date=YYYY-MM-DD/part-*.parquet).")],
+    data: Annotated[Optional[Path], typer.Option(help="Dataset directory whose questionnaire.json validates.")] = None,
+    bootstrap: BootstrapOpt = None,
+    max_events: Annotated[Optional[int], typer.Option(min=1)] = None,
+    idle_exit: Annotated[Optional[float], typer.Option(help="Stop after this many idle seconds.")] = None,
+):
+    """Land validated sessions as date-partitioned parquet in the data contract: the retraining input."""
+    from lantern.dataset.questionnaire import Questionnaire
+    from lantern.dataset.schema import QUESTIONNAIRE_FILE
+    from streaming.archive import run_archive
+
+    s = _settings(ctx, paths=dict(data=data), kafka=_kafka_overrides(bootstrap))
+    q = Questionnaire.load(s.paths.data / QUESTIONNAIRE_FILE)
+    archived, skipped = run_archive(s.kafka, q, out_dir, max_events=max_events, idle_exit_s=idle_exit,
+                                    log=console.print)
+    out.print(f"archived {archived} sessions to {out_dir}; skipped {skipped} invalid events (see the DLQ)")
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
@@ -113,19 +113,56 @@ class _CommitOnRevoke(ConsumerRebalanceListener):
             self.log(f"partitions assigned: {sorted(tp.partition for tp in assigned)}")
 
 
-class KafkaScorer:
-    def __init__(self, scorer: BatchScorer, cfg: KafkaConfig, max_events: int | None = None,
-                 idle_exit_s: float | None = None, log=lambda msg: None):
-        self.scorer, self.cfg, self.max_events, self.idle_exit_s, self.log = scorer, cfg, max_events, idle_exit_s, log
+class Stopper:
+    """Set by SIGTERM (main thread) or by :meth:`stop`; the loop finishes its batch, commits, leaves."""
+
+    def __init__(self):
         self.stopping = False
 
     def stop(self, *_) -> None:
         self.stopping = True
 
-    def _records(self, polled) -> list[Record]:
-        return [Record(tp.topic, tp.partition, m.offset, m.key, m.value) for tp, msgs in polled.items() for m in msgs]
 
-    def _produce(self, producer: KafkaProducer, records: Iterable[Record], result) -> None:
+def consume_loop(cfg: KafkaConfig, group_id: str, handle: Callable[[list[Record]], None], stopper: Stopper,
+                 max_events: int | None = None, idle_exit_s: float | None = None, log=lambda msg: None) -> int:
+    """Poll → ``handle(records)`` (which must leave its outputs durable) → commit exactly those
+    offsets. Returns the number of records consumed."""
+    ensure_topics(cfg)
+    consumer = KafkaConsumer(group_id=group_id, enable_auto_commit=False, auto_offset_reset="earliest",
+                             max_poll_records=cfg.max_poll_records, **FAST_GROUP, **cfg.client_options())
+    consumer.subscribe([cfg.input_topic], listener=_CommitOnRevoke(log))
+    previous = signal.signal(signal.SIGTERM, stopper.stop) if _main_thread() else None
+    consumed, idle_since = 0, time.monotonic()
+    try:
+        while not stopper.stopping:
+            polled = consumer.poll(timeout_ms=500)
+            if not polled:
+                if idle_exit_s is not None and time.monotonic() - idle_since > idle_exit_s:
+                    break
+                continue
+            records = [Record(tp.topic, tp.partition, m.offset, m.key, m.value)
+                       for tp, msgs in polled.items() for m in msgs]
+            handle(records)
+            consumer.commit({TopicPartition(tp.topic, tp.partition): OffsetAndMetadata(msgs[-1].offset + 1, "", -1)
+                             for tp, msgs in polled.items()})
+            consumed += len(records)
+            idle_since = time.monotonic()
+            if max_events is not None and consumed >= max_events:
+                break
+    finally:
+        consumer.close(autocommit=False)  # leaves the group; everything handled is committed
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    return consumed
+
+
+class KafkaScorer(Stopper):
+    def __init__(self, scorer: BatchScorer, cfg: KafkaConfig, max_events: int | None = None,
+                 idle_exit_s: float | None = None, log=lambda msg: None):
+        super().__init__()
+        self.scorer, self.cfg, self.max_events, self.idle_exit_s, self.log = scorer, cfg, max_events, idle_exit_s, log
+
+    def _produce(self, producer: KafkaProducer, records: list[Record], result) -> None:
         for key, value in result.scores:
             producer.send(self.cfg.scores_topic, key=key, value=value)
         for record, error in result.dead:
@@ -134,41 +171,24 @@ class KafkaScorer:
         producer.flush()  # outputs acknowledged before the offsets move
 
     def run(self) -> ScoreStats:
-        ensure_topics(self.cfg)
-        opts = self.cfg.client_options()
-        consumer = KafkaConsumer(group_id=self.cfg.group_id, enable_auto_commit=False, auto_offset_reset="earliest",
-                                 max_poll_records=self.cfg.max_poll_records, **FAST_GROUP, **opts)
-        consumer.subscribe([self.cfg.input_topic], listener=_CommitOnRevoke(self.log))
-        producer = KafkaProducer(acks="all", enable_idempotence=True, linger_ms=2, **opts)
-        previous = signal.signal(signal.SIGTERM, self.stop) if _main_thread() else None
-        stats, idle_since = ScoreStats(), time.monotonic()
+        producer = KafkaProducer(acks="all", enable_idempotence=True, linger_ms=2, **self.cfg.client_options())
+        stats = ScoreStats()
+
+        def handle(records: list[Record]) -> None:
+            t0 = time.perf_counter()
+            result = self.scorer.score(records)
+            self._produce(producer, records, result)
+            stats.latencies_s.append(time.perf_counter() - t0)
+            stats.scored += len(result.scores)
+            stats.dead_lettered += len(result.dead)
+            stats.degraded_batches += int(result.degraded)
+            stats.batches += 1
+
         try:
-            while not self.stopping:
-                polled = consumer.poll(timeout_ms=500)
-                if not polled:
-                    if self.idle_exit_s is not None and time.monotonic() - idle_since > self.idle_exit_s:
-                        break
-                    continue
-                t0 = time.perf_counter()
-                records = self._records(polled)
-                result = self.scorer.score(records)
-                self._produce(producer, records, result)
-                consumer.commit({TopicPartition(tp.topic, tp.partition): OffsetAndMetadata(msgs[-1].offset + 1, "", -1)
-                                 for tp, msgs in polled.items()})
-                stats.latencies_s.append(time.perf_counter() - t0)
-                stats.consumed += len(records)
-                stats.scored += len(result.scores)
-                stats.dead_lettered += len(result.dead)
-                stats.degraded_batches += int(result.degraded)
-                stats.batches += 1
-                idle_since = time.monotonic()
-                if self.max_events is not None and stats.consumed >= self.max_events:
-                    break
+            stats.consumed = consume_loop(self.cfg, self.cfg.group_id, handle, self, self.max_events,
+                                          self.idle_exit_s, self.log)
         finally:
-            consumer.close(autocommit=False)  # leaves the group; everything done is committed
             producer.close()
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
         return stats
 
 
