@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.compute as pc
 
-from features.lookup import OnlineLookup, sdk_lookup
-from features.lookup import materialize_online
+from features.lookup import OnlineLookup, materialize_online, sdk_lookup
 from features.store import FeatureStoreConfig, apply, open_store, registered_layouts
 from lantern.dataset.io import Dataset
 from lantern.servers import redis_server

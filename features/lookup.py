@@ -27,10 +27,9 @@ from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import Value
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from features.packing import CAT, NUM, SourceLayout, unpack
 from features import vector
-from features.repo import FEATURE_SERVICE, VECTOR_FIELD, VECTOR_PUSH, VECTOR_VIEW
-from features.repo import OFFLINE_DIR
+from features.packing import CAT, NUM, SourceLayout, unpack
+from features.repo import FEATURE_SERVICE, OFFLINE_DIR, VECTOR_FIELD, VECTOR_PUSH, VECTOR_VIEW
 from features.store import FeatureStoreConfig, FeatureStoreUnavailable, materialize, registered_layouts
 
 LIST_FIELD = {"float": "float_list_val", "int": "int64_list_val", "string": "string_list_val"}

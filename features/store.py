@@ -25,8 +25,7 @@ from feast.data_source import PushMode
 from feast.repo_config import RepoConfig
 
 from features.packing import SourceLayout, pack, unpack
-from features.repo import (FEATURE_SERVICE, LAYOUT_TAG, OFFLINE_DIR, SCORES_PUSH, SCORES_VIEW, VECTOR_VIEW,
-                           build_objects)
+from features.repo import FEATURE_SERVICE, LAYOUT_TAG, OFFLINE_DIR, SCORES_PUSH, SCORES_VIEW, VECTOR_VIEW, build_objects
 from lantern.dataset.io import Dataset
 from lantern.errors import LanternError
 

@@ -10,8 +10,15 @@ import torch
 
 from lantern.dataset.io import Dataset
 from lantern.dataset.questionnaire import Questionnaire
-from model.encoding import (FeatureSpec, SourceArrays, SurveyArrays, absent_source, encode_surveys,
-                            point_in_time_rows, shape_source)
+from model.encoding import (
+    FeatureSpec,
+    SourceArrays,
+    SurveyArrays,
+    absent_source,
+    encode_surveys,
+    point_in_time_rows,
+    shape_source,
+)
 from model.lantern import PRESETS, Batch, LanternConfig, SourceBatch, SourceDims
 
 

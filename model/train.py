@@ -20,8 +20,16 @@ from tqdm.auto import tqdm
 
 from lantern.dataset.io import Dataset
 from model.checkpoint import build_model
-from model.data import (EncodedData, SourceRows, encode_dataset, hide_questions, joined_sources, model_config,
-                        split_users, to_batch)
+from model.data import (
+    EncodedData,
+    SourceRows,
+    encode_dataset,
+    hide_questions,
+    joined_sources,
+    model_config,
+    split_users,
+    to_batch,
+)
 from model.encoding import FeatureSpec
 from model.evaluate import HiddenSet, hidden_set, predict, rare_keys
 from model.lantern import BASELINES, PRESETS, VARIANTS

@@ -10,8 +10,15 @@ import pandas as pd
 import pytest
 
 from features.lookup import OnlineLookup, materialize_online, sdk_lookup
-from features.store import (FeatureStoreConfig, FeatureStoreUnavailable, apply, latest_scores, open_store,
-                            push_scores, registered_layouts)
+from features.store import (
+    FeatureStoreConfig,
+    FeatureStoreUnavailable,
+    apply,
+    latest_scores,
+    open_store,
+    push_scores,
+    registered_layouts,
+)
 from lantern.servers import redis_server
 from tests.features.conftest import NOW
 

@@ -11,8 +11,14 @@ import pyarrow as pa
 import pytest
 
 from features.lookup import OnlineLookup, sdk_lookup
-from features.store import (FeatureStoreUnavailable, latest_scores, push_scores, registered_layouts,
-                            split_training_set, training_set)
+from features.store import (
+    FeatureStoreUnavailable,
+    latest_scores,
+    push_scores,
+    registered_layouts,
+    split_training_set,
+    training_set,
+)
 from tests.features.conftest import NOW
 
 

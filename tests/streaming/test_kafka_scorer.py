@@ -57,19 +57,27 @@ def test_every_event_scored_once_equal_to_offline_and_poison_dead_lettered(small
     cfg = topics(broker)
     sessions = small_ds.sessions.slice(0, 300)
     events = sessions_to_events(sessions)
-    poison = [(b"u1", b"{nope"), (b"u2", b'{"schema_version": 2}'), (b"u3", b"[]")]
-    assert replay(cfg, events[:150] + poison + events[150:], progress=False) == 303
-    stats = KafkaScorer(scorer, cfg, max_events=303, idle_exit_s=20).run()
-    assert (stats.consumed, stats.scored, stats.dead_lettered) == (303, 300, 3)
+    good = json.loads(events[0][1])
+    poison = [(b"u1", b"{nope"), (b"u2", b'{"schema_version": 2}'), (b"u3", b"[]"),
+              (b"u4", json.dumps({**good, "session_id": "p4", "event_id": "p4",
+                                  "answers": [{"question_id": "nope", "option_ids": ["o1"]}]}).encode()),
+              (b"u5", json.dumps({**good, "session_id": "p5", "event_id": "p5",
+                                  "answers": [{"question_id": "q01", "option_ids": ["o99"]}]}).encode()),
+              (b"u6", events[1][1] + b" " * 70_000)]
+    assert replay(cfg, events[:150] + poison + events[150:], progress=False) == 306
+    stats = KafkaScorer(scorer, cfg, max_events=306, idle_exit_s=20).run()
+    assert (stats.consumed, stats.scored, stats.dead_lettered) == (306, 300, 6)
     scores = [json.loads(r.value) for r in read_all(broker.bootstrap, cfg.scores_topic, 300)]
     assert sorted(o["session_id"] for o in scores) == sorted(sessions.column("session_id").to_pylist())
     offline = dict(zip(sessions.column("session_id").to_pylist(), _offline(small_ds, scorer, sessions)))
     for o in scores:
         np.testing.assert_allclose(decode_probabilities(o["probabilities_f32"]), offline[o["session_id"]], atol=1e-5)
-    dead = read_all(broker.bootstrap, cfg.dlq_topic, 3)
-    assert sorted(r.value for r in dead) == sorted(v for _, v in poison)
+    dead = read_all(broker.bootstrap, cfg.dlq_topic, 6)
+    assert sorted(r.value for r in dead) == sorted(v for _, v in poison)  # original bytes, unchanged
     kinds = sorted(dict(r.headers)["lantern.error.class"].decode() for r in dead)
-    assert kinds == ["bad_json", "unknown_schema_version", "wrong_types"]
+    assert kinds == ["bad_json", "oversized", "unknown_option", "unknown_question", "unknown_schema_version",
+                     "wrong_types"]
+    assert all(dict(r.headers)["lantern.source.topic"].decode() == cfg.input_topic for r in dead)
     # the group's committed offsets cover every input record: a restart has nothing to redo
     again = KafkaScorer(scorer, cfg, idle_exit_s=3).run()
     assert again.consumed == 0
@@ -135,3 +143,50 @@ def test_two_scorers_split_the_partitions_and_one_takes_over(small_ds, broker, s
     assert results["first"].consumed + results["second"].consumed >= 400
     out = [json.loads(r.value)["session_id"] for r in read_all(broker.bootstrap, cfg.scores_topic, 400)]
     assert set(out) == set(sessions.column("session_id").to_pylist())
+
+
+SLOW_SCORER = """
+import sys, time
+from model.checkpoint import load_model
+from streaming.kafka_io import KafkaConfig, KafkaScorer
+from streaming.scoring import BatchScorer, InProcessPredictor
+
+class Slow(KafkaScorer):
+    def _produce(self, producer, records, result):
+        super()._produce(producer, records, result)
+        print("batch", flush=True)
+        time.sleep(0.3)
+
+cfg = KafkaConfig(**{k: v for k, v in (a.split("=", 1) for a in sys.argv[2:])}, max_poll_records=32)
+loaded = load_model(sys.argv[1])
+scorer = BatchScorer(loaded.questionnaire, loaded.features, InProcessPredictor(loaded.model, "v-slow"), None)
+stats = Slow(scorer, cfg).run()
+print("drained", stats.consumed, flush=True)
+"""
+
+
+def test_sigterm_drains_commits_and_a_restart_makes_no_duplicates(small_ds, broker, scorer, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from model.checkpoint import save_model
+
+    model_dir = save_model(tmp_path / "m", scorer.predictor.model, scorer.spec, small_ds.questionnaire, {})
+    cfg = topics(broker)
+    sessions = small_ds.sessions.slice(0, 300)
+    replay(cfg, sessions_to_events(sessions), progress=False)
+    args = [f"{k}={getattr(cfg, k)}" for k in ("bootstrap", "input_topic", "scores_topic", "dlq_topic", "group_id")]
+    child = subprocess.Popen([sys.executable, "-c", SLOW_SCORER, str(model_dir), *args], stdout=subprocess.PIPE,
+                             text=True)
+    assert child.stdout.readline().strip() == "batch"  # mid-stream
+    child.send_signal(signal.SIGTERM)
+    out, _ = child.communicate(timeout=60)
+    assert child.returncode == 0
+    drained = int(out.strip().splitlines()[-1].split()[1])
+    assert 0 < drained < 300
+    survey_only = BatchScorer(small_ds.questionnaire, scorer.spec, scorer.predictor, None)
+    rest = KafkaScorer(survey_only, cfg, idle_exit_s=8).run()
+    assert drained + rest.consumed == 300  # nothing redelivered: the drained batches were committed
+    ids = [json.loads(r.value)["session_id"] for r in read_all(broker.bootstrap, cfg.scores_topic, 300)]
+    assert len(ids) == len(set(ids)) == 300
