@@ -10,10 +10,8 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -24,12 +22,12 @@ from feast import FeatureStore
 from feast.data_source import PushMode
 from feast.repo_config import RepoConfig
 
+from features.config import PACKAGE_REPO, FeatureStoreConfig  # noqa: F401 - re-exported
 from features.packing import SourceLayout, pack, unpack
 from features.repo import FEATURE_SERVICE, LAYOUT_TAG, OFFLINE_DIR, SCORES_PUSH, SCORES_VIEW, VECTOR_VIEW, build_objects
 from lantern.dataset.io import Dataset
 from lantern.errors import LanternError
 
-PACKAGE_REPO = Path(__file__).parent
 SCORES_SCHEMA = pa.schema([("user_id", pa.string()), ("event_timestamp", pa.timestamp("us", tz="UTC")),
                            ("session_id", pa.string()), ("model_version", pa.string()),
                            ("probabilities", pa.list_(pa.float32())), ("predicted_keys", pa.list_(pa.string()))])
@@ -44,12 +42,6 @@ class FeatureStoreUnavailable(LanternError):
     exit_code = 5
 
 
-@dataclass(frozen=True)
-class FeatureStoreConfig:
-    repo: Path = PACKAGE_REPO
-    online: Literal["sqlite", "redis"] = "sqlite"
-    redis: str = "127.0.0.1:6379"  # host:port[,password=...] (Feast's connection_string)
-    ttl_days: float = 90.0
 
 
 def open_store(cfg: FeatureStoreConfig) -> FeatureStore:

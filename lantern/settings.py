@@ -16,11 +16,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from features.store import FeatureStoreConfig
+from features.config import FeatureStoreConfig
 from lantern.dataset.simulate import SimConfig
 from lantern.errors import ConfigError
-from model.train import TrainConfig
-from streaming.kafka_io import KafkaConfig
+from model.config import TrainConfig
+from streaming.config import KafkaConfig
 
 
 class Paths(BaseModel):

@@ -20,13 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-VARIANTS = ("survey_only", "external_only", "early_fusion", "lantern")
-BASELINES = ("logistic",)  # model/baseline.py, built from the same config
-PRESETS = {
-    # small: 2 heads in the encoders' self-attention (head dim 32) run ~3x faster on CPU than 8
-    "small": dict(d_model=64, survey_layers=2, source_layers=1, ff_mult=2, encoder_heads=2),
-    "paper": dict(d_model=512, survey_layers=10, source_layers=2, ff_mult=4, encoder_heads=8),
-}
+from model.config import BASELINES, PRESETS, VARIANTS  # noqa: F401 - re-exported
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from lantern.dataset.io import Dataset
 from model.checkpoint import build_model
+from model.config import TrainConfig  # noqa: F401 - re-exported: callers import it from here
 from model.data import (
     EncodedData,
     SourceRows,
@@ -32,31 +33,7 @@ from model.data import (
 )
 from model.encoding import FeatureSpec
 from model.evaluate import HiddenSet, hidden_set, predict, rare_keys
-from model.lantern import BASELINES, PRESETS, VARIANTS
 from model.metrics import prf
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    variant: str = "lantern"
-    preset: str = "small"
-    epochs: int = 12
-    batch_size: int = 256
-    lr: float = 3e-3
-    weight_decay: float = 0.01
-    patience: int = 3
-    hide_fraction: float = 0.3
-    seed: int = 0
-    eval_seed: int = 1234
-    device: str = "auto"
-
-    def __post_init__(self):
-        if self.variant not in VARIANTS + BASELINES:
-            raise ValueError(f"unknown variant {self.variant!r}; choose one of {', '.join(VARIANTS + BASELINES)}")
-        if self.preset not in PRESETS:
-            raise ValueError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
-        if not 0 < self.hide_fraction < 1:
-            raise ValueError("hide_fraction must be between 0 and 1")
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -19,37 +19,9 @@ from kafka.structs import OffsetAndMetadata, TopicPartition
 from tqdm.auto import tqdm
 
 from streaming.broker import FAST_GROUP
-from streaming.events import DLQ_TOPIC, INPUT_TOPIC, SCORES_TOPIC, dlq_headers
+from streaming.config import KafkaConfig  # noqa: F401 - re-exported
+from streaming.events import dlq_headers
 from streaming.scoring import BatchScorer, Record
-
-
-@dataclass(frozen=True)
-class KafkaConfig:
-    bootstrap: str = "127.0.0.1:9092"
-    input_topic: str = INPUT_TOPIC
-    scores_topic: str = SCORES_TOPIC
-    dlq_topic: str = DLQ_TOPIC
-    partitions: int = 4
-    group_id: str = "lantern-scorer"
-    max_poll_records: int = 256
-    # kafka-python security options, passed through; never logged
-    security_protocol: str = "PLAINTEXT"
-    sasl_mechanism: str | None = None
-    sasl_plain_username: str | None = None
-    sasl_plain_password: str | None = None
-    ssl_cafile: str | None = None
-    ssl_certfile: str | None = None
-    ssl_keyfile: str | None = None
-
-    def client_options(self) -> dict:
-        keys = ("security_protocol", "sasl_mechanism", "sasl_plain_username", "sasl_plain_password",
-                "ssl_cafile", "ssl_certfile", "ssl_keyfile")
-        return {"bootstrap_servers": self.bootstrap,
-                **{k: getattr(self, k) for k in keys if getattr(self, k) is not None}}
-
-    def __repr__(self) -> str:  # secrets stay out of logs and reports
-        return f"KafkaConfig(bootstrap={self.bootstrap!r}, group_id={self.group_id!r}, " \
-               f"security_protocol={self.security_protocol!r})"
 
 
 def ensure_topics(cfg: KafkaConfig) -> None:

@@ -1,0 +1,17 @@
+"""Feature-store configuration: plain data, no Feast import (the CLI's settings read it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+PACKAGE_REPO = Path(__file__).parent
+
+
+@dataclass(frozen=True)
+class FeatureStoreConfig:
+    repo: Path = PACKAGE_REPO
+    online: Literal["sqlite", "redis"] = "sqlite"
+    redis: str = "127.0.0.1:6379"  # host:port[,password=...] (Feast's connection_string)
+    ttl_days: float = 90.0
