@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import threading
 import time
 import uuid
 
@@ -12,6 +16,7 @@ import numpy as np
 import pytest
 from kafka import KafkaConsumer
 
+from model.checkpoint import save_model
 from model.train import TrainConfig, fit, prepare
 from streaming.broker import launch_broker
 from streaming.events import decode_probabilities, sessions_to_events
@@ -101,18 +106,19 @@ CrashAfterProduce(scorer, cfg).run()
 """
 
 
-def test_kill_9_between_produce_and_commit_loses_nothing(small_ds, broker, scorer, tmp_path):
-    import subprocess
-    import sys
-
-    from model.checkpoint import save_model
-
+def child_scorer(script: str, small_ds, broker, scorer, tmp_path, n: int):
+    """Replay ``n`` sessions to fresh topics; the command that runs ``script`` as a scorer process."""
     model_dir = save_model(tmp_path / "m", scorer.predictor.model, scorer.spec, small_ds.questionnaire, {})
     cfg = topics(broker)
-    sessions = small_ds.sessions.slice(0, 200)
+    sessions = small_ds.sessions.slice(0, n)
     replay(cfg, sessions_to_events(sessions), progress=False)
     args = [f"{k}={getattr(cfg, k)}" for k in ("bootstrap", "input_topic", "scores_topic", "dlq_topic", "group_id")]
-    crashed = subprocess.run([sys.executable, "-c", CRASHING_SCORER, str(model_dir), *args], timeout=120)
+    return cfg, sessions, [sys.executable, "-c", script, str(model_dir), *args]
+
+
+def test_kill_9_between_produce_and_commit_loses_nothing(small_ds, broker, scorer, tmp_path):
+    cfg, sessions, command = child_scorer(CRASHING_SCORER, small_ds, broker, scorer, tmp_path, 200)
+    crashed = subprocess.run(command, timeout=120)
     assert crashed.returncode == -9
     survey_only = BatchScorer(small_ds.questionnaire, scorer.spec, scorer.predictor, None)
     stats = KafkaScorer(survey_only, cfg, idle_exit_s=20).run()  # > the dead member's 6 s session
@@ -124,8 +130,6 @@ def test_kill_9_between_produce_and_commit_loses_nothing(small_ds, broker, score
 
 
 def test_two_scorers_split_the_partitions_and_one_takes_over(small_ds, broker, scorer):
-    import threading
-
     cfg = topics(broker)
     sessions = small_ds.sessions.slice(0, 400)
     replay(cfg, sessions_to_events(sessions), progress=False)
@@ -166,19 +170,8 @@ print("drained", stats.consumed, flush=True)
 
 
 def test_sigterm_drains_commits_and_a_restart_makes_no_duplicates(small_ds, broker, scorer, tmp_path):
-    import signal
-    import subprocess
-    import sys
-
-    from model.checkpoint import save_model
-
-    model_dir = save_model(tmp_path / "m", scorer.predictor.model, scorer.spec, small_ds.questionnaire, {})
-    cfg = topics(broker)
-    sessions = small_ds.sessions.slice(0, 300)
-    replay(cfg, sessions_to_events(sessions), progress=False)
-    args = [f"{k}={getattr(cfg, k)}" for k in ("bootstrap", "input_topic", "scores_topic", "dlq_topic", "group_id")]
-    child = subprocess.Popen([sys.executable, "-c", SLOW_SCORER, str(model_dir), *args], stdout=subprocess.PIPE,
-                             text=True)
+    cfg, sessions, command = child_scorer(SLOW_SCORER, small_ds, broker, scorer, tmp_path, 300)
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     assert child.stdout.readline().strip() == "batch"  # mid-stream
     child.send_signal(signal.SIGTERM)
     out, _ = child.communicate(timeout=60)
