@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 
+from lantern.cli_common import ConfigOpt, console, out, settings_for
 from lantern.errors import LanternError
-from lantern.settings import LanternSettings, load_settings
 
 app = typer.Typer(help="lantern — streaming scoring for survey-fusion models.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -24,21 +23,6 @@ bench_app = typer.Typer(help="Benchmarks that write JSON.", no_args_is_help=True
 app.add_typer(bench_app, name="bench")
 features_app = typer.Typer(help="The Feast feature store (features/).", no_args_is_help=True)
 app.add_typer(features_app, name="features")
-console = Console(stderr=True)
-out = Console(width=None if sys.stdout.isatty() else 160)  # logs and pipes get the whole table
-
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML or YAML settings file.")]
-
-
-def _settings(ctx: typer.Context, **overrides) -> LanternSettings:
-    """Settings for this process: flags > LANTERN_* env > --config file > defaults."""
-    settings = load_settings(ctx.obj, overrides)
-    import torch
-
-    torch.set_num_threads(settings.threads or torch.get_num_threads())
-    return settings
-
-
 @app.callback()
 def _root(ctx: typer.Context, config: ConfigOpt = None):
     ctx.obj = config
@@ -59,7 +43,7 @@ def simulate(
     from lantern.dataset.io import save_dataset
     from lantern.dataset.simulate import simulate as run
 
-    s = _settings(ctx, simulate=dict(users=users, seed=seed, noise=noise, missing=missing, fatigue=fatigue),
+    s = settings_for(ctx, simulate=dict(users=users, seed=seed, noise=noise, missing=missing, fatigue=fatigue),
                   paths=dict(data=out_dir))
     t0 = time.perf_counter()
     ds = run(s.simulate)
@@ -99,7 +83,7 @@ def train(
     from model.checkpoint import save_model
     from model.train import fit, prepare
 
-    s = _settings(ctx, paths=dict(data=data, models=out_dir),
+    s = settings_for(ctx, paths=dict(data=data, models=out_dir),
                   train=dict(variant=variant, preset=preset, epochs=epochs, seed=seed, device=device))
     ds = load_dataset(s.paths.data)
     sources = None
@@ -132,7 +116,7 @@ def evaluate(
     from model.evaluate import evaluate as run
     from model.train import TrainConfig, prepare
 
-    s = _settings(ctx, paths=dict(data=data))
+    s = settings_for(ctx, paths=dict(data=data))
     loaded = load_model(model)
     ds = load_dataset(s.paths.data)
     if ds.questionnaire.content_hash != loaded.questionnaire.content_hash:
@@ -162,7 +146,7 @@ def bench_quality(
     from lantern.dataset.io import load_dataset
     from model.ablation import print_table, run_ablation, write_result
 
-    s = _settings(ctx, paths=dict(data=data), train=dict(epochs=epochs, preset=preset))
+    s = settings_for(ctx, paths=dict(data=data), train=dict(epochs=epochs, preset=preset))
     result = run_ablation(load_dataset(s.paths.data), s.train, log=console.print)
     write_result(result, json_out)
     print_table(result, out)
@@ -180,7 +164,7 @@ def demo(
     from lantern.dataset.simulate import simulate as run_sim
     from model.ablation import print_table, run_ablation, write_result
 
-    s = _settings(ctx, simulate=dict(users=users), train=dict(epochs=epochs))
+    s = settings_for(ctx, simulate=dict(users=users), train=dict(epochs=epochs))
     t0 = time.perf_counter()
     console.rule("1/3 simulate")
     save_dataset(run_sim(s.simulate), s.paths.data)
@@ -195,188 +179,18 @@ def demo(
     out.print(f"demo done in {time.perf_counter() - t0:.0f} s; results in {path}")
 
 
-# ---- features ----------------------------------------------------------------------------------
-RepoOpt = Annotated[Optional[Path], typer.Option("--repo", help="Feature repo directory (default features/).")]
-OnlineOpt = Annotated[Optional[str], typer.Option("--online", help="sqlite | redis")]
+def _register() -> None:
+    from lantern import cli_features, cli_streaming
+
+    features_app.command("apply")(cli_features.features_apply)
+    features_app.command("materialize")(cli_features.features_materialize)
+    features_app.command("training-set")(cli_features.features_training_set)
+    bench_app.command("features")(cli_features.bench_features_cmd)
+    for command in (cli_streaming.broker, cli_streaming.replay, cli_streaming.score, cli_streaming.archive):
+        app.command()(command)
 
 
-@features_app.command("apply")
-def features_apply(ctx: typer.Context, data: Annotated[Optional[Path], typer.Option(help="Dataset directory.")] = None,
-                   repo: RepoOpt = None, online: OnlineOpt = None):
-    """Pack the dataset's external sources and register the feature repo (feast apply)."""
-    from features.store import apply, open_store
-    from lantern.dataset.io import load_dataset
-
-    s = _settings(ctx, paths=dict(data=data), features=dict(repo=repo, online=online))
-    layouts = apply(open_store(s.features), load_dataset(s.paths.data), s.features)
-    out.print(f"applied {len(layouts)} feature views ({', '.join(x.name for x in layouts)}), FeatureService "
-              f"lantern_v1, the lantern_scores push view and the lantern_v1_vector view to {s.features.repo}")
-
-
-@features_app.command("materialize")
-def features_materialize(ctx: typer.Context, repo: RepoOpt = None, online: OnlineOpt = None):
-    """Load the last TTL window of every source online, then precompute each user's vector."""
-    from features.lookup import materialize_online
-    from features.store import open_store
-
-    s = _settings(ctx, features=dict(repo=repo, online=online))
-    t0 = time.perf_counter()
-    users = materialize_online(open_store(s.features), s.features)
-    out.print(f"materialized into the {s.features.online} online store, {users} user vectors precomputed, "
-              f"in {time.perf_counter() - t0:.1f} s")
-
-
-@features_app.command("training-set")
-def features_training_set(
-    ctx: typer.Context,
-    data: Annotated[Optional[Path], typer.Option(help="Dataset directory (its sessions are the entity rows).")] = None,
-    out_path: Annotated[Path, typer.Option("--out", help="Parquet file to write.")] = Path("data/training_set.parquet"),
-    repo: RepoOpt = None,
-):
-    """Point-in-time correct training set: every session joined with the features known at completed_at."""
-    from features.store import open_store, write_training_set
-    from lantern.dataset.io import load_dataset
-
-    s = _settings(ctx, paths=dict(data=data), features=dict(repo=repo))
-    t0 = time.perf_counter()
-    table = write_training_set(open_store(s.features), load_dataset(s.paths.data).sessions, out_path)
-    out.print(f"wrote {table.num_rows} sessions with {table.num_columns - 4} packed feature columns to {out_path} "
-              f"in {time.perf_counter() - t0:.1f} s")
-
-
-@bench_app.command("features")
-def bench_features_cmd(
-    ctx: typer.Context,
-    data: Annotated[Optional[Path], typer.Option(help="Dataset directory.")] = None,
-    json_out: Annotated[Path, typer.Option("--json")] = Path("reports/bench_features.json"),
-    stores: Annotated[str, typer.Option(help="Comma-separated: sqlite,redis")] = "sqlite,redis",
-):
-    """Online lookup rows/s: Feast SDK vs lantern's path, batches 1/64/256/1024, SQLite and Redis."""
-    from features.bench import bench_features
-    from lantern.dataset.io import load_dataset
-
-    s = _settings(ctx, paths=dict(data=data))
-    result = bench_features(load_dataset(s.paths.data), tuple(stores.split(",")), log=console.print)
-    json_out.parent.mkdir(parents=True, exist_ok=True)
-    json_out.write_text(json.dumps(result, indent=1))
-    out.print(f"results in {json_out}")
-
-
-# ---- streaming -------------------------------------------------------------------------------
-@app.command()
-def broker():
-    """Start a broker for local use and print its bootstrap address; Ctrl-C or SIGTERM stops it.
-
-    KAFKA_BOOTSTRAP set → that broker is used; a reachable Docker engine → Apache Kafka via
-    testcontainers; otherwise the embedded Tansu broker (memory-only) on a free loopback port."""
-    import os
-    import signal
-    import threading
-
-    from streaming.broker import launch_broker
-
-    with launch_broker(os.environ.get("KAFKA_BOOTSTRAP")) as b:
-        print(b.bootstrap, flush=True)  # stdout: the address alone, for scripts
-        console.print(f"{b.kind} broker at {b.bootstrap}" + (f" (log {b.log})" if b.log else ""))
-        if b.kind == "external":
-            return
-        stopped = threading.Event()
-        # both explicitly: a process started in the background inherits SIGINT as *ignored*
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: stopped.set())
-        while not stopped.wait(0.5):
-            pass
-    console.print("broker stopped")
-
-
-BootstrapOpt = Annotated[Optional[str], typer.Option("--bootstrap", help="Kafka HOST:PORT (default: "
-                                                     "$KAFKA_BOOTSTRAP, else settings kafka.bootstrap).")]
-
-
-def _kafka_overrides(bootstrap: str | None) -> dict:
-    import os
-
-    return {"bootstrap": bootstrap or os.environ.get("KAFKA_BOOTSTRAP")}
-
-
-@app.command()
-def replay(
-    ctx: typer.Context,
-    data: Annotated[Optional[Path], typer.Option(help="Dataset directory whose sessions are replayed.")] = None,
-    bootstrap: BootstrapOpt = None,
-    rate: Annotated[Optional[float], typer.Option(min=0.1, help="Events per second (default: as fast as possible).")] = None,
-    limit: Annotated[Optional[int], typer.Option(min=1, help="Replay only the first N sessions.")] = None,
-):
-    """Replay a dataset's sessions as completion events, in completion order, rate-limited."""
-    import pyarrow.compute as pc
-
-    from lantern.dataset.io import load_dataset
-    from streaming.events import sessions_to_events
-    from streaming.kafka_io import replay as run
-
-    s = _settings(ctx, paths=dict(data=data), kafka=_kafka_overrides(bootstrap))
-    sessions = load_dataset(s.paths.data).sessions
-    sessions = sessions.take(pc.sort_indices(sessions, [("completed_at", "ascending")]))
-    if limit:
-        sessions = sessions.slice(0, limit)
-    t0 = time.perf_counter()
-    n = run(s.kafka, sessions_to_events(sessions), rate)
-    out.print(f"replayed {n} sessions to {s.kafka.input_topic} in {time.perf_counter() - t0:.1f} s")
-
-
-@app.command()
-def score(
-    ctx: typer.Context,
-    model: Annotated[Path, typer.Option(help="Model directory (lantern train / the registry).")],
-    bootstrap: BootstrapOpt = None,
-    max_events: Annotated[Optional[int], typer.Option(min=1, help="Stop after this many events.")] = None,
-    idle_exit: Annotated[Optional[float], typer.Option(help="Stop after this many idle seconds.")] = None,
-    use_features: Annotated[bool, typer.Option("--features/--no-features",
-                                               help="Look external context up in the feature store.")] = True,
-    threshold: Annotated[float, typer.Option(min=0, max=1)] = 0.5,
-):
-    """Consume completed sessions, score them in micro-batches, produce scores (at-least-once)."""
-    from model.checkpoint import load_model
-    from model.train import resolve_device
-    from streaming.kafka_io import KafkaScorer
-    from streaming.scoring import BatchScorer, InProcessPredictor
-
-    s = _settings(ctx, kafka=_kafka_overrides(bootstrap))
-    device = resolve_device(s.train.device)
-    loaded = load_model(model, device)
-    client = None
-    if use_features:
-        from features.lookup import OnlineLookup
-        from features.store import open_store
-
-        client = OnlineLookup(open_store(s.features))
-    version = loaded.meta.get("version", model.name)
-    scorer = BatchScorer(loaded.questionnaire, loaded.features, InProcessPredictor(loaded.model, version, device),
-                         client, threshold)
-    stats = KafkaScorer(scorer, s.kafka, max_events, idle_exit, log=console.print).run()
-    out.print(f"consumed {stats.consumed}, scored {stats.scored}, dead-lettered {stats.dead_lettered}, "
-              f"degraded batches {stats.degraded_batches}, in {stats.batches} micro-batches")
-
-
-@app.command()
-def archive(
-    ctx: typer.Context,
-    out_dir: Annotated[Path, typer.Option("--out", help="Archive root (date=YYYY-MM-DD/part-*.parquet).")],
-    data: Annotated[Optional[Path], typer.Option(help="Dataset directory whose questionnaire.json validates.")] = None,
-    bootstrap: BootstrapOpt = None,
-    max_events: Annotated[Optional[int], typer.Option(min=1)] = None,
-    idle_exit: Annotated[Optional[float], typer.Option(help="Stop after this many idle seconds.")] = None,
-):
-    """Land validated sessions as date-partitioned parquet in the data contract: the retraining input."""
-    from lantern.dataset.questionnaire import Questionnaire
-    from lantern.dataset.schema import QUESTIONNAIRE_FILE
-    from streaming.archive import run_archive
-
-    s = _settings(ctx, paths=dict(data=data), kafka=_kafka_overrides(bootstrap))
-    q = Questionnaire.load(s.paths.data / QUESTIONNAIRE_FILE)
-    archived, skipped = run_archive(s.kafka, q, out_dir, max_events=max_events, idle_exit_s=idle_exit,
-                                    log=console.print)
-    out.print(f"archived {archived} sessions to {out_dir}; skipped {skipped} invalid events (see the DLQ)")
+_register()
 
 
 def main() -> None:

@@ -1,0 +1,39 @@
+"""Shared pieces of the `lantern` command modules: consoles, settings loading, option types."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from lantern.settings import LanternSettings, load_settings
+
+console = Console(stderr=True)
+out = Console(width=None if sys.stdout.isatty() else 160)  # logs and pipes get the whole table
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML or YAML settings file.")]
+
+
+def settings_for(ctx: typer.Context, **overrides) -> LanternSettings:
+    """Settings for this process: flags > LANTERN_* env > --config file > defaults."""
+    settings = load_settings(ctx.obj, overrides)
+    if settings.threads:  # 0 keeps torch's default (one thread per core) and skips importing it
+        import torch
+
+        torch.set_num_threads(settings.threads)
+    return settings
+
+
+RepoOpt = Annotated[Optional[Path], typer.Option("--repo", help="Feature repo directory (default features/).")]
+OnlineOpt = Annotated[Optional[str], typer.Option("--online", help="sqlite | redis")]
+BootstrapOpt = Annotated[Optional[str], typer.Option("--bootstrap", help="Kafka HOST:PORT (default: "
+                                                     "$KAFKA_BOOTSTRAP, else settings kafka.bootstrap).")]
+
+
+def kafka_overrides(bootstrap: str | None) -> dict:
+    """--bootstrap, else $KAFKA_BOOTSTRAP (read here, at the entry point)."""
+    return {"bootstrap": bootstrap or os.environ.get("KAFKA_BOOTSTRAP")}

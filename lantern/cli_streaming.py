@@ -1,0 +1,115 @@
+"""`lantern broker | replay | score | archive`: the Kafka side."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from lantern.cli_common import BootstrapOpt, console, kafka_overrides, out, settings_for
+
+
+def broker():
+    """Start a broker for local use and print its bootstrap address; Ctrl-C or SIGTERM stops it.
+
+    KAFKA_BOOTSTRAP set → that broker is used; a reachable Docker engine → Apache Kafka via
+    testcontainers; otherwise the embedded Tansu broker (memory-only) on a free loopback port."""
+    import os
+    import signal
+    import threading
+
+    from streaming.broker import launch_broker
+
+    with launch_broker(os.environ.get("KAFKA_BOOTSTRAP")) as b:
+        print(b.bootstrap, flush=True)  # stdout: the address alone, for scripts
+        console.print(f"{b.kind} broker at {b.bootstrap}" + (f" (log {b.log})" if b.log else ""))
+        if b.kind == "external":
+            return
+        stopped = threading.Event()
+        # both explicitly: a process started in the background inherits SIGINT as *ignored*
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stopped.set())
+        while not stopped.wait(0.5):
+            pass
+    console.print("broker stopped")
+
+
+def replay(
+    ctx: typer.Context,
+    data: Annotated[Optional[Path], typer.Option(help="Dataset directory whose sessions are replayed.")] = None,
+    bootstrap: BootstrapOpt = None,
+    rate: Annotated[Optional[float], typer.Option(min=0.1, help="Events per second (default: as fast as possible).")] = None,
+    limit: Annotated[Optional[int], typer.Option(min=1, help="Replay only the first N sessions.")] = None,
+):
+    """Replay a dataset's sessions as completion events, in completion order, rate-limited."""
+    import pyarrow.compute as pc
+
+    from lantern.dataset.io import load_dataset
+    from streaming.events import sessions_to_events
+    from streaming.kafka_io import replay as run
+
+    s = settings_for(ctx, paths=dict(data=data), kafka=kafka_overrides(bootstrap))
+    sessions = load_dataset(s.paths.data).sessions
+    sessions = sessions.take(pc.sort_indices(sessions, [("completed_at", "ascending")]))
+    if limit:
+        sessions = sessions.slice(0, limit)
+    t0 = time.perf_counter()
+    n = run(s.kafka, sessions_to_events(sessions), rate)
+    out.print(f"replayed {n} sessions to {s.kafka.input_topic} in {time.perf_counter() - t0:.1f} s")
+
+
+def score(
+    ctx: typer.Context,
+    model: Annotated[Path, typer.Option(help="Model directory (lantern train / the registry).")],
+    bootstrap: BootstrapOpt = None,
+    max_events: Annotated[Optional[int], typer.Option(min=1, help="Stop after this many events.")] = None,
+    idle_exit: Annotated[Optional[float], typer.Option(help="Stop after this many idle seconds.")] = None,
+    use_features: Annotated[bool, typer.Option("--features/--no-features",
+                                               help="Look external context up in the feature store.")] = True,
+    threshold: Annotated[float, typer.Option(min=0, max=1)] = 0.5,
+):
+    """Consume completed sessions, score them in micro-batches, produce scores (at-least-once)."""
+    from model.checkpoint import load_model
+    from model.train import resolve_device
+    from streaming.kafka_io import KafkaScorer
+    from streaming.scoring import BatchScorer, InProcessPredictor
+
+    s = settings_for(ctx, kafka=kafka_overrides(bootstrap))
+    device = resolve_device(s.train.device)
+    loaded = load_model(model, device)
+    client = None
+    if use_features:
+        from features.lookup import OnlineLookup
+        from features.store import open_store
+
+        client = OnlineLookup(open_store(s.features))
+    version = loaded.meta.get("version", model.name)
+    scorer = BatchScorer(loaded.questionnaire, loaded.features, InProcessPredictor(loaded.model, version, device),
+                         client, threshold)
+    stats = KafkaScorer(scorer, s.kafka, max_events, idle_exit, log=console.print).run()
+    out.print(f"consumed {stats.consumed}, scored {stats.scored}, dead-lettered {stats.dead_lettered}, "
+              f"degraded batches {stats.degraded_batches}, in {stats.batches} micro-batches")
+
+
+def archive(
+    ctx: typer.Context,
+    out_dir: Annotated[Path, typer.Option("--out", help="Archive root (date=YYYY-MM-DD/part-*.parquet).")],
+    data: Annotated[Optional[Path], typer.Option(help="Dataset directory whose questionnaire.json validates.")] = None,
+    bootstrap: BootstrapOpt = None,
+    max_events: Annotated[Optional[int], typer.Option(min=1)] = None,
+    idle_exit: Annotated[Optional[float], typer.Option(help="Stop after this many idle seconds.")] = None,
+):
+    """Land validated sessions as date-partitioned parquet in the data contract: the retraining input."""
+    from lantern.dataset.questionnaire import Questionnaire
+    from lantern.dataset.schema import QUESTIONNAIRE_FILE
+    from streaming.archive import run_archive
+
+    s = settings_for(ctx, paths=dict(data=data), kafka=kafka_overrides(bootstrap))
+    q = Questionnaire.load(s.paths.data / QUESTIONNAIRE_FILE)
+    archived, skipped = run_archive(s.kafka, q, out_dir, max_events=max_events, idle_exit_s=idle_exit,
+                                    log=console.print)
+    out.print(f"archived {archived} sessions to {out_dir}; skipped {skipped} invalid events (see the DLQ)")
+
+
