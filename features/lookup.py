@@ -28,7 +28,7 @@ from feast.protos.feast.types.Value_pb2 import Value
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from features import vector
-from features.packing import CAT, NUM, SourceLayout, unpack
+from features.packing import CAT, NUM, SourceLayout, unpack, unpack_present
 from features.repo import FEATURE_SERVICE, OFFLINE_DIR, VECTOR_FIELD, VECTOR_PUSH, VECTOR_VIEW
 from features.store import FeatureStoreConfig, FeatureStoreUnavailable, materialize, registered_layouts
 
@@ -244,12 +244,9 @@ def sdk_lookup(store: FeatureStore, user_ids: list[str], layouts: list[SourceLay
     result = store.get_online_features(features=store.get_feature_service(FEATURE_SERVICE),
                                        entity_rows=[{"user_id": u} for u in user_ids],
                                        full_feature_names=True).to_dict()
-    out = {}
-    for layout in layouts:
-        packed = {f: result[f"{layout.name}__{f}"] for f in layout.features}
-        present = np.array([any(packed[f][i] is not None for f in layout.features) for i in range(len(user_ids))])
-        out[layout.name] = SourceRows(unpack(layout, packed), present)
-    return out
+    return {layout.name: SourceRows(*unpack_present(layout, {f: result[f"{layout.name}__{f}"]
+                                                           for f in layout.features}))
+            for layout in layouts}
 
 
 def precompute(store: FeatureStore, user_ids: list[str], batch: int = 2048, log=None) -> int:

@@ -108,3 +108,10 @@ def unpack(layout: SourceLayout, packed: dict[str, list]) -> pa.Table:
     for col, kind in layout.sequences:
         cols[col] = pa.array([v if v is not None else [] for v in packed[col]], SEQ_TYPES[kind])
     return pa.table(cols)
+
+
+def unpack_present(layout: SourceLayout, packed: dict[str, list]) -> tuple[pa.Table, np.ndarray]:
+    """:func:`unpack`, plus the presence mask: a row is present when any packed feature has a value."""
+    n = len(packed[layout.features[0]])
+    present = np.array([any(packed[f][i] is not None for f in layout.features) for i in range(n)], bool)
+    return unpack(layout, packed), present

@@ -22,8 +22,8 @@ from feast import FeatureStore
 from feast.data_source import PushMode
 from feast.repo_config import RepoConfig
 
-from features.config import PACKAGE_REPO, FeatureStoreConfig  # noqa: F401 - re-exported
-from features.packing import SourceLayout, pack, unpack
+from features.config import PACKAGE_REPO, FeatureStoreConfig
+from features.packing import SourceLayout, pack, unpack_present
 from features.repo import FEATURE_SERVICE, LAYOUT_TAG, OFFLINE_DIR, SCORES_PUSH, SCORES_VIEW, VECTOR_VIEW, build_objects
 from lantern.dataset.io import Dataset
 from lantern.errors import LanternError
@@ -40,8 +40,6 @@ class FeatureStoreUnavailable(LanternError):
     """The online store cannot be reached; ``__cause__`` holds the driver's error."""
 
     exit_code = 5
-
-
 
 
 def open_store(cfg: FeatureStoreConfig) -> FeatureStore:
@@ -131,12 +129,9 @@ def training_set(store: FeatureStore, sessions: pa.Table) -> pa.Table:
 
 def split_training_set(table: pa.Table, layouts: list[SourceLayout]) -> dict[str, tuple[pa.Table, np.ndarray]]:
     """Per source: its unpacked columns and the presence mask (any packed feature non-null)."""
-    out = {}
-    for layout in layouts:
-        cols = {f: table.column(f"{layout.name}__{f}").to_pylist() for f in layout.features}
-        present = np.array([any(cols[f][i] is not None for f in layout.features) for i in range(table.num_rows)])
-        out[layout.name] = (unpack(layout, cols), present)
-    return out
+    return {layout.name: unpack_present(layout, {f: table.column(f"{layout.name}__{f}").to_pylist()
+                                                 for f in layout.features})
+            for layout in layouts}
 
 
 TRAINING_SET_META = b"lantern_layouts"

@@ -103,10 +103,6 @@ class SourceSpec:
         seq = (self.seq_category,) if self.seq_category else ()
         return self.numeric + self.categorical + seq + self.seq_values
 
-    @property
-    def n_tokens(self) -> int:
-        return len(self.numeric) + len(self.categorical) + (self.max_len if self.seq_category else 0)
-
     @classmethod
     def fit(cls, name: str, table: pa.Table, max_vocab: int = 1000) -> SourceSpec:
         numeric, mean, std, categorical, vocab = [], [], [], [], []

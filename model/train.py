@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from lantern.dataset.io import Dataset
 from model.checkpoint import build_model
-from model.config import TrainConfig  # noqa: F401 - re-exported: callers import it from here
+from model.config import TrainConfig
 from model.data import (
     EncodedData,
     SourceRows,

@@ -19,7 +19,7 @@ from kafka.structs import OffsetAndMetadata, TopicPartition
 from tqdm.auto import tqdm
 
 from streaming.broker import FAST_GROUP
-from streaming.config import KafkaConfig  # noqa: F401 - re-exported
+from streaming.config import KafkaConfig
 from streaming.events import dlq_headers
 from streaming.scoring import BatchScorer, Record
 
