@@ -1,4 +1,5 @@
-"""`lantern bench features`: rows/s of Feast's SDK path vs lantern's lookup, same store, same keys."""
+"""`lantern bench features`: rows/s of Feast's SDK path vs lantern's lookup, same store, same keys,
+measured side by side in one run (interleaved rounds, medians)."""
 
 from __future__ import annotations
 
@@ -12,17 +13,18 @@ from pathlib import Path
 import numpy as np
 import pyarrow.compute as pc
 
-from features.lookup import OnlineLookup, materialize_online, sdk_lookup
+from features.lookup import OnlineLookup, materialize_online, sdk_lookup, sdk_model_inputs
 from features.store import FeatureStoreConfig, apply, open_store, registered_layouts
 from lantern.dataset.io import Dataset
 from lantern.servers import redis_server
+from model.encoding import FeatureSpec
 
 BATCHES = (1, 64, 256, 1024)
 
 
-def _time(fn, batches) -> float:
-    """Seconds per call, over the given key batches (one call each); both paths start from a
-    collected heap so one path's garbage is not charged to the other."""
+def _seconds_per_call(fn, batches) -> float:
+    """Seconds per call over the key batches (one call each), from a collected heap so one
+    path's garbage is not charged to the other."""
     gc.collect()
     t0 = time.perf_counter()
     for keys in batches:
@@ -30,13 +32,32 @@ def _time(fn, batches) -> float:
     return (time.perf_counter() - t0) / len(batches)
 
 
-def _same(a, b) -> bool:
+def _side_by_side(sdk, ours, batches, rounds: int = 3) -> tuple[float, float]:
+    """Median seconds per call of each path over interleaved rounds (this machine is noisy)."""
+    times = [(_seconds_per_call(sdk, batches), _seconds_per_call(ours, batches)) for _ in range(rounds)]
+    return float(np.median([t[0] for t in times])), float(np.median([t[1] for t in times]))
+
+
+def _same_columns(a, b) -> bool:
     return all((a[n].present == b[n].present).all() and repr(a[n].table.to_pylist()) == repr(b[n].table.to_pylist())
                for n in a)
 
 
+def _same_inputs(a, b) -> bool:
+    return list(a) == list(b) and all(np.array_equal(getattr(a[n], f), getattr(b[n], f))
+                                      for n in a for f in a[n].__dataclass_fields__)
+
+
+def _figures(size: int, sdk_s: float, ours_s: float, equal: bool, calls: int) -> dict:
+    return {"sdk_rows_per_s": size / sdk_s, "lantern_rows_per_s": size / ours_s, "ratio": sdk_s / ours_s,
+            "sdk_ms": sdk_s * 1e3, "lantern_ms": ours_s * 1e3, "values_equal": bool(equal), "calls": calls}
+
+
 def bench_store(ds: Dataset, kind: str, repo: Path, redis_address: str | None, batches=BATCHES,
-                min_rows: int = 4096, seed: int = 0, log=print) -> dict:
+                min_rows: int = 8192, seed: int = 0, log=print) -> dict:
+    """Per batch size: the model's external inputs for a batch of users through (a) Feast's SDK +
+    the model's shaping and (b) ``OnlineLookup.model_inputs``; ``columns``: the same for the
+    source columns alone (``sdk_lookup`` vs ``OnlineLookup.lookup``)."""
     # every row of the (historic) dataset online and fresh: SDK and lantern must return the same
     stamps = [pc.min_max(t.column("event_timestamp")) for t in ds.external.values()]
     first = min(s["min"].as_py() for s in stamps) - timedelta(days=1)
@@ -51,23 +72,26 @@ def bench_store(ds: Dataset, kind: str, repo: Path, redis_address: str | None, b
         f"in {time.perf_counter() - t0:.1f} s")
     lookup = OnlineLookup(store, clock=last.timestamp)
     layouts = registered_layouts(store)
+    spec = FeatureSpec.fit(ds.external)  # what a model trained on this data reads
     users = np.array(sorted(set(ds.sessions.column("user_id").to_pylist())))
     rng = np.random.default_rng(seed)
     out = {}
     for size in batches:
-        reps = max(3, min_rows // size)
-        key_batches = [list(rng.choice(users, size, replace=False)) for _ in range(reps)]
-        sdk_lookup(store, key_batches[0], layouts)  # warm both paths (connections, registry cache)
-        lookup.lookup(key_batches[0])
-        equal = _same(lookup.lookup(key_batches[-1]), sdk_lookup(store, key_batches[-1], layouts))
-        sdk_s = _time(lambda k: sdk_lookup(store, k, layouts), key_batches)
-
-        ours_s = _time(lookup.lookup, key_batches)
-        out[str(size)] = {"sdk_rows_per_s": size / sdk_s, "lantern_rows_per_s": size / ours_s,
-                          "ratio": sdk_s / ours_s, "sdk_ms": sdk_s * 1e3, "lantern_ms": ours_s * 1e3,
-                          "values_equal": bool(equal), "calls": reps}
-        log(f"{kind} batch {size:>4}: SDK {sdk_s * 1e3:8.2f} ms, lantern {ours_s * 1e3:7.2f} ms, "
-            f"ratio {sdk_s / ours_s:5.1f}x, values equal: {equal}")
+        calls = max(5, min(500, min_rows // size))
+        key_batches = [list(rng.choice(users, size, replace=False)) for _ in range(calls)]
+        sdk_inputs = lambda k: sdk_model_inputs(store, k, layouts, spec)  # noqa: E731
+        ours_inputs = lambda k: lookup.model_inputs(k, spec)  # noqa: E731
+        sdk_columns = lambda k: sdk_lookup(store, k, layouts)  # noqa: E731
+        sdk_inputs(key_batches[0]), ours_inputs(key_batches[0])  # warm both paths (connections, registry cache)
+        check = key_batches[-1]
+        equal = _same_inputs(ours_inputs(check), sdk_inputs(check))
+        columns_equal = _same_columns(lookup.lookup(check), sdk_columns(check))
+        row = _figures(size, *_side_by_side(sdk_inputs, ours_inputs, key_batches), equal, calls)
+        row["columns"] = _figures(size, *_side_by_side(sdk_columns, lookup.lookup, key_batches), columns_equal, calls)
+        out[str(size)] = row
+        log(f"{kind} batch {size:>4}: model inputs: SDK {row['sdk_ms']:8.2f} ms, lantern {row['lantern_ms']:6.2f} ms, "
+            f"{row['ratio']:5.1f}x, equal: {equal} | columns: SDK {row['columns']['sdk_ms']:8.2f} ms, "
+            f"lantern {row['columns']['lantern_ms']:6.2f} ms, {row['columns']['ratio']:5.1f}x, equal: {columns_equal}")
     return out
 
 

@@ -28,10 +28,13 @@ from feast.protos.feast.types.Value_pb2 import Value
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from features import vector
+from features.model_inputs import InputShaper
 from features.packing import CAT, NUM, SourceLayout, unpack, unpack_present
 from features.repo import FEATURE_SERVICE, OFFLINE_DIR, VECTOR_FIELD, VECTOR_PUSH, VECTOR_VIEW
 from features.store import FeatureStoreConfig, FeatureStoreUnavailable, materialize, registered_layouts
+from model.encoding import FeatureSpec, SourceArrays, shape_sources
 
+SQLITE_MMAP_BYTES = 1 << 30  # address space only; pages are shared with the OS cache
 LIST_FIELD = {"float": "float_list_val", "int": "int64_list_val", "string": "string_list_val"}
 
 
@@ -68,6 +71,7 @@ class OnlineLookup:
             self.vector_table = _table_id(self.config.project, store.get_feature_view(VECTOR_VIEW))
         self._conn = None
         self._script = None
+        self._shapers: dict[int, tuple[FeatureSpec, InputShaper]] = {}
 
     # ---- shared ------------------------------------------------------------------------------
     def entity_keys(self, user_ids: list[str]) -> list[bytes]:
@@ -77,24 +81,45 @@ class OnlineLookup:
         return [b"".join((_USER_KEY_PREFIX, len(e).to_bytes(4, "little"), e)) for e in encoded]
 
     def lookup(self, user_ids: list[str]) -> dict[str, SourceRows]:
-        """Every source of the FeatureService for ``user_ids``, in order (repeats allowed)."""
-        unique = list(dict.fromkeys(user_ids))
-        if len(unique) < len(user_ids):  # read each user once, then repeat rows in request order
-            position = {u: i for i, u in enumerate(unique)}
-            take = np.fromiter((position[u] for u in user_ids), np.int64, len(user_ids))
-            rows = self._lookup_unique(unique)
-            return {n: SourceRows(r.table.take(pa.array(take)), r.present[take]) for n, r in rows.items()}
-        return self._lookup_unique(user_ids)
+        """Every source's columns for ``user_ids``, in order (repeats allowed), and presence."""
+        unique, take = _unique(user_ids)
+        if self.use_vector:
+            rows = {name: SourceRows(table, present)
+                    for name, (table, present) in vector.to_tables(self.layouts, self._parse(unique)).items()}
+        else:
+            rows = self._lookup_views(unique)
+        if take is None:
+            return rows
+        return {n: SourceRows(r.table.take(pa.array(take)), r.present[take]) for n, r in rows.items()}
 
-    def _lookup_unique(self, user_ids: list[str]) -> dict[str, SourceRows]:
+    def model_inputs(self, user_ids: list[str], spec: FeatureSpec) -> dict[str, SourceArrays]:
+        """What the scorer calls: the model's external inputs for ``user_ids`` (repeats allowed),
+        one :class:`SourceArrays` per source of ``spec``, presence included. From the vectors
+        they are shaped without building columns (features/model_inputs.py)."""
+        unique, take = _unique(user_ids)
+        if self.use_vector:
+            arrays = self._shaper(spec).shape(self._parse(unique))
+        else:
+            arrays = shape_sources(spec, {n: (r.table, r.present) for n, r in self._lookup_views(unique).items()},
+                                   len(unique))
+        return arrays if take is None else {n: a.take(take) for n, a in arrays.items()}
+
+    def _shaper(self, spec: FeatureSpec) -> InputShaper:
+        cached = self._shapers.get(id(spec))
+        if cached is None or cached[0] is not spec:
+            cached = self._shapers[id(spec)] = (spec, InputShaper(spec, self.layouts))
+        return cached[1]
+
+    def _parse(self, user_ids: list[str]) -> vector.ParsedBatch:
         keys = self.entity_keys(user_ids)
         now = self.clock()
-        if self.use_vector:
-            vectors = self._read_vectors_redis(keys) if self.redis else self._read_vectors_sqlite(keys)
-            decoded = vector.decode(self.layouts, vectors, now, self.ttl_s, wrapped=True)
-            return {name: SourceRows(table, present) for name, (table, present) in decoded.items()}
+        vectors = self._read_vectors_redis(keys) if self.redis else self._read_vectors_sqlite(keys)
+        return vector.parse(self.layouts, vectors, now, self.ttl_s, wrapped=True)
+
+    def _lookup_views(self, user_ids: list[str]) -> dict[str, SourceRows]:
+        now = self.clock()
         out = {}
-        for name, (table, stamps) in self.lookup_views_raw(keys).items():
+        for name, (table, stamps) in self.lookup_views_raw(self.entity_keys(user_ids)).items():
             fresh = np.array([ts is not None and now - ts <= self.ttl_s[name] for ts in stamps], bool)
             out[name] = SourceRows(table, fresh)
         return out
@@ -117,6 +142,7 @@ class OnlineLookup:
             try:
                 self._conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1.0,
                                              check_same_thread=False)
+                self._conn.execute(f"PRAGMA mmap_size={SQLITE_MMAP_BYTES}")  # page reads without read() calls
             except sqlite3.Error as exc:
                 raise FeatureStoreUnavailable(f"cannot open the SQLite online store {path}: {exc}") from exc
         return self._conn
@@ -216,6 +242,15 @@ class OnlineLookup:
         return out
 
 
+def _unique(user_ids: list[str]) -> tuple[list[str], np.ndarray | None]:
+    """Each user once (read once), and where each request position takes its row (None: no repeats)."""
+    unique = list(dict.fromkeys(user_ids))
+    if len(unique) == len(user_ids):
+        return user_ids, None
+    position = {u: i for i, u in enumerate(unique)}
+    return unique, np.fromiter((position[u] for u in user_ids), np.int64, len(user_ids))
+
+
 _HGET_ALL = "local r = {} for i, k in ipairs(KEYS) do r[i] = redis.call('HGET', k, ARGV[1]) end return r"
 
 _USER_KEY_PREFIX = (struct.pack("<I", 1) + struct.pack("<I", ValueType.STRING.value) + struct.pack("<I", len(b"user_id"))
@@ -247,6 +282,13 @@ def sdk_lookup(store: FeatureStore, user_ids: list[str], layouts: list[SourceLay
     return {layout.name: SourceRows(*unpack_present(layout, {f: result[f"{layout.name}__{f}"]
                                                            for f in layout.features}))
             for layout in layouts}
+
+
+def sdk_model_inputs(store: FeatureStore, user_ids: list[str], layouts: list[SourceLayout],
+                     spec: FeatureSpec) -> dict[str, SourceArrays]:
+    """The model's external inputs through Feast's SDK: `get_online_features`, then shaped."""
+    rows = sdk_lookup(store, user_ids, layouts)
+    return shape_sources(spec, {n: (r.table, r.present) for n, r in rows.items()}, len(user_ids))
 
 
 def precompute(store: FeatureStore, user_ids: list[str], batch: int = 2048, log=None) -> int:

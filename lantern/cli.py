@@ -180,14 +180,17 @@ def demo(
 
 
 def _register() -> None:
-    from lantern import cli_features, cli_streaming
+    from lantern import cli_features, cli_ray, cli_streaming
 
     features_app.command("apply")(cli_features.features_apply)
     features_app.command("materialize")(cli_features.features_materialize)
     features_app.command("training-set")(cli_features.features_training_set)
     bench_app.command("features")(cli_features.bench_features_cmd)
-    for command in (cli_streaming.broker, cli_streaming.replay, cli_streaming.score, cli_streaming.archive):
+    for command in (cli_streaming.broker, cli_streaming.replay, cli_streaming.score, cli_streaming.archive,
+                    cli_ray.register, cli_ray.promote, cli_ray.rollback):
         app.command()(command)
+    app.command("serve")(cli_ray.serve_cmd)
+    bench_app.command("serve")(cli_ray.bench_serve_cmd)
 
 
 _register()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -62,33 +63,51 @@ def replay(
 
 def score(
     ctx: typer.Context,
-    model: Annotated[Path, typer.Option(help="Model directory (lantern train / the registry).")],
+    model: Annotated[Optional[Path], typer.Option(
+        help="Model directory (lantern train); default: the registry's champion.")] = None,
     bootstrap: BootstrapOpt = None,
-    max_events: Annotated[Optional[int], typer.Option(min=1, help="Stop after this many events.")] = None,
+    max_events: Annotated[Optional[int], typer.Option(min=1, help="Stop after this many events (per actor).")] = None,
     idle_exit: Annotated[Optional[float], typer.Option(help="Stop after this many idle seconds.")] = None,
     use_features: Annotated[bool, typer.Option("--features/--no-features",
                                                help="Look external context up in the feature store.")] = True,
     threshold: Annotated[float, typer.Option(min=0, max=1)] = 0.5,
+    use_serve: Annotated[bool, typer.Option("--serve", help="Send micro-batches to the Ray Serve app "
+                                                            "(deployed from the registry if not running).")] = False,
+    ray_actors: Annotated[int, typer.Option("--ray-actors", min=0, help="Run N consumers as Ray actors.")] = 0,
+    ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster (default: "
+                                                       "$RAY_ADDRESS, else a local Ray).")] = None,
 ):
     """Consume completed sessions, score them in micro-batches, produce scores (at-least-once)."""
-    from model.checkpoint import load_model
-    from model.train import resolve_device
+    from ray_jobs.actors import local_scorer_factory, serve_scorer_factory
     from streaming.kafka_io import KafkaScorer
-    from streaming.scoring import BatchScorer, InProcessPredictor
 
     s = settings_for(ctx, kafka=kafka_overrides(bootstrap))
-    device = resolve_device(s.train.device)
-    loaded = load_model(model, device)
-    client = None
-    if use_features:
-        from features.lookup import OnlineLookup
-        from features.store import open_store
+    if model is None:
+        from ray_jobs.registry import Registry
 
-        client = OnlineLookup(open_store(s.features))
-    version = loaded.meta.get("version", model.name)
-    scorer = BatchScorer(loaded.questionnaire, loaded.features, InProcessPredictor(loaded.model, version, device),
-                         client, threshold)
-    stats = KafkaScorer(scorer, s.kafka, max_events, idle_exit, log=console.print).run()
+        reg = Registry(s.serve.registry)
+        model = reg.path(reg.champion() or "<no champion: run lantern promote>")
+    if use_serve or ray_actors:
+        import ray
+
+        ray.init(address=ray_address or os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=False)
+    if use_serve:
+        from ray import serve
+
+        from ray_jobs.serve import deploy, feature_store_options
+
+        if s.serve.app_name not in serve.status().applications:
+            deploy(s.serve, features=feature_store_options(s.features) if use_features else None,
+                   threshold=threshold, http=False)
+        make = serve_scorer_factory(s.serve.app_name)
+    else:
+        make = local_scorer_factory(model, s.train.device, s.features, use_features, threshold)
+    if ray_actors:
+        from ray_jobs.actors import run_actors, total
+
+        stats = total(run_actors(ray_actors, make, s.kafka, max_events, idle_exit))
+    else:
+        stats = KafkaScorer(make(), s.kafka, max_events, idle_exit, log=console.print).run()
     out.print(f"consumed {stats.consumed}, scored {stats.scored}, dead-lettered {stats.dead_lettered}, "
               f"degraded batches {stats.degraded_batches}, in {stats.batches} micro-batches")
 

@@ -20,6 +20,7 @@ from features.config import FeatureStoreConfig
 from lantern.dataset.simulate import SimConfig
 from lantern.errors import ConfigError
 from model.config import TrainConfig
+from ray_jobs.config import ServeConfig
 from streaming.config import KafkaConfig
 
 
@@ -39,6 +40,7 @@ class LanternSettings(BaseSettings):
     train: TrainConfig = TrainConfig()
     features: FeatureStoreConfig = FeatureStoreConfig()
     kafka: KafkaConfig = KafkaConfig()
+    serve: ServeConfig = ServeConfig()
     threads: int = 0  # torch intra-op threads; 0 = one per core
 
     @classmethod

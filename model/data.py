@@ -14,10 +14,9 @@ from model.encoding import (
     FeatureSpec,
     SourceArrays,
     SurveyArrays,
-    absent_source,
     encode_surveys,
     point_in_time_rows,
-    shape_source,
+    shape_sources,
 )
 from model.lantern import PRESETS, Batch, LanternConfig, SourceBatch, SourceDims
 
@@ -50,16 +49,12 @@ def joined_sources(ds: Dataset) -> SourceRows:
     return out
 
 
-def encode_sessions(q: Questionnaire, sessions: pa.Table, spec: FeatureSpec, sources: SourceRows) -> EncodedData:
-    """Encode sessions with their already-joined source rows (from parquet, Feast, or a stream)."""
+def encode_sessions(q: Questionnaire, sessions: pa.Table, spec: FeatureSpec,
+                    sources: SourceRows | dict[str, SourceArrays]) -> EncodedData:
+    """Encode sessions with their already-joined source rows (from parquet, Feast, or a stream) or
+    already shaped source arrays (the online lookup's); a source the data lacks is absent."""
     survey = encode_surveys(q, sessions.column("answers"))
-    arrays = []
-    for s in spec.sources:
-        if s.name in sources:  # a source the model knows but this data lacks: every user absent
-            table, present = sources[s.name]
-            arrays.append(shape_source(s, table.select(list(s.columns)), present))
-        else:
-            arrays.append(absent_source(s, sessions.num_rows))
+    arrays = list(shape_sources(spec, sources, sessions.num_rows).values())
     return EncodedData(survey, arrays, sessions.column("user_id").to_numpy(zero_copy_only=False))
 
 

@@ -67,7 +67,7 @@ def encode_surveys(q: Questionnaire, answers: pa.Array | pa.ChunkedArray) -> Sur
 
 
 # ---- external sources ----------------------------------------------------------------------------
-def _signed_log(x: np.ndarray) -> np.ndarray:
+def signed_log(x: np.ndarray) -> np.ndarray:
     return np.sign(x) * np.log1p(np.abs(x))
 
 
@@ -112,7 +112,7 @@ class SourceSpec:
                 continue
             kind, column = schema.feature_kind(table.schema.field(col).type), table.column(col)
             if kind == "numeric":
-                x = _signed_log(_numeric(column))
+                x = signed_log(_numeric(column))
                 numeric.append(col)
                 mean.append(float(np.nanmean(x)) if np.isfinite(x).any() else 0.0)
                 std.append(float(np.nanstd(x)) or 1.0 if np.isfinite(x).any() else 1.0)
@@ -122,7 +122,7 @@ class SourceSpec:
                 categorical.append(col)
                 vocab.append(tuple(c["values"] for c in top))
             elif pa.types.is_floating(column.type.value_type):
-                x = _signed_log(_numeric(pc.list_flatten(column)))
+                x = signed_log(_numeric(pc.list_flatten(column)))
                 seq_values.append(col)
                 seq_mean.append(float(np.nanmean(x)) if len(x) else 0.0)
                 seq_std.append(float(np.nanstd(x)) or 1.0 if len(x) else 1.0)
@@ -177,7 +177,7 @@ def shape_source(spec: SourceSpec, table: pa.Table, present: np.ndarray) -> Sour
     num = np.zeros((n, len(spec.numeric)), np.float32)
     missing = np.ones((n, len(spec.numeric)), bool)
     for j, col in enumerate(spec.numeric):
-        x = (_signed_log(_numeric(table.column(col))) - spec.mean[j]) / spec.std[j]
+        x = (signed_log(_numeric(table.column(col))) - spec.mean[j]) / spec.std[j]
         ok = np.isfinite(x) & present
         num[ok, j], missing[ok, j] = x[ok], False
     cat = np.zeros((n, len(spec.categorical)), np.int64)
@@ -206,9 +206,25 @@ def shape_source(spec: SourceSpec, table: pa.Table, present: np.ndarray) -> Sour
                 raise DataValidationError(f"list lengths differ from {spec.seq_category!r}", file=spec.name, field=col)
             v_off = values.offsets.to_numpy()
             v_src = np.repeat(v_off[:-1] + lengths - keep, keep) + pos
-            x = (_signed_log(_numeric(values.values.take(pa.array(v_src)))) - spec.seq_mean[j]) / spec.seq_std[j]
+            x = (signed_log(_numeric(values.values.take(pa.array(v_src)))) - spec.seq_mean[j]) / spec.seq_std[j]
             seq_val[row, pos, j] = np.nan_to_num(x)
     return SourceArrays(num, missing, cat, seq_cat, seq_val, seq_mask, present.astype(bool))
+
+
+def shape_sources(spec: FeatureSpec, sources: dict, n: int) -> dict[str, SourceArrays]:
+    """Every source of ``spec`` for ``n`` rows: ``sources[name]`` is ``(columns, present)`` or an
+    already shaped :class:`SourceArrays`; a source the model knows but ``sources`` lacks is absent."""
+    out = {}
+    for s in spec.sources:
+        given = sources.get(s.name)
+        if given is None:
+            out[s.name] = absent_source(s, n)
+        elif isinstance(given, SourceArrays):
+            out[s.name] = given
+        else:
+            table, present = given
+            out[s.name] = shape_source(s, table.select(list(s.columns)), present)
+    return out
 
 
 # ---- point-in-time join ----------------------------------------------------------------------------

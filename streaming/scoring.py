@@ -20,8 +20,8 @@ import torch
 
 from lantern.dataset.questionnaire import Questionnaire
 from lantern.errors import LanternError
-from model.data import encode_sessions, to_batch
-from model.encoding import FeatureSpec
+from model.data import EncodedData, encode_sessions, to_batch
+from model.encoding import FeatureSpec, SourceArrays
 from streaming.events import EventError, SessionEvent, events_to_sessions, parse_event, score_bytes
 
 
@@ -37,16 +37,36 @@ class Record:
 
 
 class FeatureClient(Protocol):
-    def lookup(self, user_ids: list[str]) -> dict:  # name → object with .table (pa.Table) and .present
+    def model_inputs(self, user_ids: list[str], spec: FeatureSpec) -> dict[str, SourceArrays]:
+        """The model's external inputs per source (presence included), one row per user id."""
         ...
+
+
+@dataclass(frozen=True)
+class Prediction:
+    probs: np.ndarray  # (B, K) probability of every response key
+    gate: np.ndarray  # (B,) mean gate per session, NaN where not applicable
+    model_version: str  # the version that produced these rows
 
 
 class Predictor(Protocol):
-    model_version: str
-
-    def predict(self, q_idx: np.ndarray, sel: np.ndarray, sources: list) -> tuple[np.ndarray, np.ndarray]:
-        """(probabilities (B, K), mean gate per session (B,), NaN where not applicable)."""
+    def predict(self, q_idx: np.ndarray, sel: np.ndarray, sources: list) -> Prediction:
         ...
+
+
+@torch.no_grad()
+def forward(model: torch.nn.Module, q_idx: np.ndarray, sel: np.ndarray, sources: list,
+            device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """One forward pass over encoded sessions → (probabilities (B, K), mean gate (B,))."""
+    batch = to_batch(q_idx, sel, sources, device)
+    if getattr(model.cfg, "variant", "") == "lantern":
+        logits, aux = model(batch, return_aux=True)
+        mask = aux["survey_mask"][:, 1:].float()
+        gate = (aux["gate"][:, 1:] * mask).sum(1) / mask.sum(1).clamp_min(1)
+        gate = torch.where(aux["has_external"], gate, torch.full_like(gate, float("nan")))
+    else:
+        logits, gate = model(batch), torch.full((len(q_idx),), float("nan"))
+    return torch.sigmoid(logits.float()).cpu().numpy(), gate.float().cpu().numpy()
 
 
 class InProcessPredictor:
@@ -55,17 +75,8 @@ class InProcessPredictor:
     def __init__(self, model: torch.nn.Module, model_version: str, device: str | torch.device = "cpu"):
         self.model, self.model_version, self.device = model.eval(), model_version, torch.device(device)
 
-    @torch.no_grad()
-    def predict(self, q_idx, sel, sources):
-        batch = to_batch(q_idx, sel, sources, self.device)
-        if getattr(self.model.cfg, "variant", "") == "lantern":
-            logits, aux = self.model(batch, return_aux=True)
-            mask = aux["survey_mask"][:, 1:].float()
-            gate = (aux["gate"][:, 1:] * mask).sum(1) / mask.sum(1).clamp_min(1)
-            gate = torch.where(aux["has_external"], gate, torch.full_like(gate, float("nan")))
-        else:
-            logits, gate = self.model(batch), torch.full((len(q_idx),), float("nan"))
-        return torch.sigmoid(logits).float().cpu().numpy(), gate.float().cpu().numpy()
+    def predict(self, q_idx, sel, sources) -> Prediction:
+        return Prediction(*forward(self.model, q_idx, sel, sources, self.device), self.model_version)
 
 
 @dataclass
@@ -73,6 +84,18 @@ class ScoredBatch:
     scores: list[tuple[bytes, bytes]] = field(default_factory=list)  # (key, value) for the scores topic
     dead: list[tuple[Record, EventError]] = field(default_factory=list)
     degraded: bool = False  # the feature store was down: sessions scored survey-only
+
+
+@dataclass
+class Encoded:
+    events: list[SessionEvent]
+    data: EncodedData | None  # None when no event of the batch was valid
+    dead: list[tuple[Record, EventError]]
+    degraded: bool
+
+    @property
+    def model_args(self) -> tuple:
+        return self.data.survey.q_idx, self.data.survey.sel, self.data.sources
 
 
 class BatchScorer:
@@ -96,29 +119,36 @@ class BatchScorer:
                 good.append((record, parsed))
         return good, dead
 
-    def lookup(self, user_ids: list[str]) -> tuple[dict, bool]:
-        """Feature rows per source, and whether the store was unavailable (→ survey-only)."""
+    def lookup(self, user_ids: list[str]) -> tuple[dict[str, SourceArrays], bool]:
+        """External inputs per source, and whether the store was unavailable (→ survey-only)."""
         if self.features is None:
             return {}, False
         try:
-            rows = self.features.lookup(user_ids)
+            return self.features.model_inputs(user_ids, self.spec), False
         except LanternError:  # FeatureStoreUnavailable: callers retry; here we degrade visibly
             return {}, True
-        return {name: (r.table, r.present) for name, r in rows.items()}, False
+
+    def encode(self, records: list[Record]) -> Encoded:
+        """Parse, dead-letter what is bad, look features up, encode: everything before the model."""
+        good, dead = self.parse(records)
+        events = [e for _, e in good]
+        if not events:
+            return Encoded(events, None, dead, False)
+        sources, degraded = self.lookup([e.user_id for e in events])
+        return Encoded(events, encode_sessions(self.q, events_to_sessions(events), self.spec, sources), dead, degraded)
+
+    def finish(self, enc: Encoded, pred: Prediction | None) -> ScoredBatch:
+        """The scores topic's records for an encoded batch and its prediction."""
+        out = ScoredBatch(dead=enc.dead, degraded=enc.degraded)
+        now = self.clock()
+        for i, event in enumerate(enc.events):
+            used = [s.name for s, arr in zip(self.spec.sources, enc.data.sources) if arr.present[i]]
+            out.scores.append((event.user_id.encode(), score_bytes(
+                event, pred.probs[i], self.q, pred.model_version, self.threshold, used,
+                None if np.isnan(pred.gate[i]) else float(pred.gate[i]), now, degraded=enc.degraded)))
+        return out
 
     def score(self, records: list[Record]) -> ScoredBatch:
-        good, dead = self.parse(records)
-        out = ScoredBatch(dead=dead)
-        if not good:
-            return out
-        events = [e for _, e in good]
-        sources, out.degraded = self.lookup([e.user_id for e in events])
-        data = encode_sessions(self.q, events_to_sessions(events), self.spec, sources)
-        probs, gate = self.predictor.predict(data.survey.q_idx, data.survey.sel, data.sources)
-        now = self.clock()
-        for i, event in enumerate(events):
-            used = [s.name for s, arr in zip(self.spec.sources, data.sources) if arr.present[i]]
-            out.scores.append((event.user_id.encode(), score_bytes(
-                event, probs[i], self.q, self.predictor.model_version, self.threshold, used,
-                None if np.isnan(gate[i]) else float(gate[i]), now, degraded=out.degraded)))
-        return out
+        enc = self.encode(records)
+        pred = self.predictor.predict(*enc.model_args) if enc.data is not None else None
+        return self.finish(enc, pred)

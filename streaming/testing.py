@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lantern.errors import LanternError
+from model.encoding import FeatureSpec, SourceArrays, shape_sources
 from streaming.events import DLQ_TOPIC, INPUT_TOPIC, SCORES_TOPIC, dlq_headers
 from streaming.scoring import BatchScorer, Record
 
@@ -76,3 +77,7 @@ class FakeFeatures:
             present = rows >= 0
             out[name] = Rows(table.take(pa.array(np.where(present, rows, 0))), present)
         return out
+
+    def model_inputs(self, user_ids: list[str], spec: FeatureSpec) -> dict[str, SourceArrays]:
+        rows = self.lookup(user_ids)
+        return shape_sources(spec, {n: (r.table, r.present) for n, r in rows.items()}, len(user_ids))

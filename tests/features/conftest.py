@@ -46,3 +46,22 @@ def sqlite_store(recent_ds, tmp_path_factory):
     apply(store, recent_ds, cfg)
     materialize_online(store, cfg, end=NOW + timedelta(minutes=1))
     return store, cfg
+
+
+def model_specs(ds: Dataset) -> list:
+    """Feature specs as models would hold them: fitted on all rows, and on a few rows with short
+    sequences (unknown categories, truncated sequence tails)."""
+    from dataclasses import replace
+
+    from model.encoding import FeatureSpec
+
+    few = FeatureSpec.fit({n: t.slice(0, 40) for n, t in ds.external.items()})
+    return [FeatureSpec.fit(ds.external), FeatureSpec(tuple(replace(s, max_len=3) for s in few.sources))]
+
+
+def assert_same_inputs(ours: dict, theirs: dict) -> None:
+    assert list(ours) == list(theirs)
+    for name in ours:
+        for field in ours[name].__dataclass_fields__:
+            np.testing.assert_array_equal(getattr(ours[name], field), getattr(theirs[name], field),
+                                          err_msg=f"{name}.{field}")

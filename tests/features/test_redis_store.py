@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.lookup import OnlineLookup, materialize_online, sdk_lookup
+from features.lookup import OnlineLookup, materialize_online, sdk_lookup, sdk_model_inputs
 from features.store import (
     FeatureStoreConfig,
     FeatureStoreUnavailable,
@@ -20,7 +20,7 @@ from features.store import (
     registered_layouts,
 )
 from lantern.servers import redis_server
-from tests.features.conftest import NOW
+from tests.features.conftest import NOW, assert_same_inputs, model_specs
 
 if shutil.which("redis-server") is None:  # make test installs it; say so loudly when it is missing
     pytest.skip("no redis-server binary on PATH (make test installs Debian's redis-server)", allow_module_level=True)
@@ -48,6 +48,14 @@ def test_redis_lookup_equals_the_sdk_and_masks_unknown_users(redis_store):
         have = set(ds.external[name].column("user_id").to_pylist())
         assert ours[name].present[:-1].sum() <= len(have & set(users))
         assert ours[name].present[:-1].any()
+
+
+def test_redis_model_inputs_equal_the_sdk_rows_shaped(redis_store):
+    store, ds = redis_store
+    users = sorted(set(ds.sessions.column("user_id").to_pylist()))[:150] + ["nobody"]
+    for spec in model_specs(ds):
+        assert_same_inputs(OnlineLookup(store).model_inputs(users, spec),
+                           sdk_model_inputs(store, users, registered_layouts(store), spec))
 
 
 def test_redis_push_and_read_back(redis_store):

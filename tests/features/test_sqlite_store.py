@@ -10,7 +10,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from features.lookup import OnlineLookup, sdk_lookup
+from features.lookup import OnlineLookup, sdk_lookup, sdk_model_inputs
 from features.store import (
     FeatureStoreUnavailable,
     latest_scores,
@@ -19,7 +19,7 @@ from features.store import (
     split_training_set,
     training_set,
 )
-from tests.features.conftest import NOW
+from tests.features.conftest import NOW, assert_same_inputs, model_specs
 
 
 def _users(ds, n=120):
@@ -38,6 +38,18 @@ def test_lookup_returns_the_same_values_as_the_sdk(sqlite_store, recent_ds, use_
         np.testing.assert_array_equal(ours[name].present, sdk[name].present)
         assert ours[name].table.equals(sdk[name].table) or (
             repr(ours[name].table.to_pylist()) == repr(sdk[name].table.to_pylist())), name
+
+
+@pytest.mark.parametrize("use_vector", [True, False], ids=["precomputed-vector", "per-source-views"])
+def test_model_inputs_equal_the_sdk_rows_shaped_by_the_model_spec(sqlite_store, recent_ds, use_vector):
+    store, _ = sqlite_store
+    users = _users(recent_ds)
+    users = users + users[:3]  # repeats come back at every position
+    lookup = OnlineLookup(store, use_vector=use_vector)
+    for spec in model_specs(recent_ds):
+        ours = lookup.model_inputs(users, spec)
+        assert_same_inputs(ours, sdk_model_inputs(store, users, registered_layouts(store), spec))
+        assert not ours["demographics"].present[-5:-3].any() and ours["transactions"].seq_mask.any()
 
 
 @pytest.mark.parametrize("use_vector", [True, False], ids=["precomputed-vector", "per-source-views"])

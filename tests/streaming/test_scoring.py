@@ -35,7 +35,7 @@ def _offline(small_ds, scorer, sessions):
     rows = scorer.features.lookup(sessions.column("user_id").to_pylist())
     data = encode_sessions(small_ds.questionnaire, sessions, scorer.spec,
                            {n: (r.table, r.present) for n, r in rows.items()})
-    return scorer.predictor.predict(data.survey.q_idx, data.survey.sel, data.sources)[0]
+    return scorer.predictor.predict(data.survey.q_idx, data.survey.sel, data.sources).probs
 
 
 def test_stream_scores_equal_offline_scores(small_ds, scorer):

@@ -1,0 +1,112 @@
+"""`lantern register | promote | rollback | serve` and `lantern bench serve`: the registry and Ray Serve."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from lantern.cli_common import console, out, settings_for
+
+RegistryOpt = Annotated[Optional[Path], typer.Option("--registry", help="Registry directory (default registry/).")]
+AddressOpt = Annotated[Optional[str], typer.Option(
+    "--ray-address", help="A running Ray cluster (default: $RAY_ADDRESS; none: promote/rollback only move "
+                          "the pointer, serve starts a local Ray).")]
+
+
+def _registry(ctx: typer.Context, registry: Path | None):
+    from ray_jobs.registry import Registry
+
+    s = settings_for(ctx, serve=dict(registry=registry))
+    return s, Registry(s.serve.registry)
+
+
+def register(ctx: typer.Context, model: Annotated[Path, typer.Option(help="Model directory from `lantern train`.")],
+             registry: RegistryOpt = None):
+    """Copy a trained model into the registry as the next version (metrics and data window from its metadata)."""
+    s, reg = _registry(ctx, registry)
+    meta = json.loads((model / "meta.json").read_text()) if (model / "meta.json").exists() else {}
+    metrics = {"val_f1": meta["training"]["best_val_f1"]} if "training" in meta else {}
+    info = reg.register(model, metrics, meta.get("data_window"))
+    out.print(f"registered {info.version} (parent {info.parent}, metrics {info.metrics}) in {reg.root}")
+
+
+def _follow(s, address: str | None) -> None:
+    """Point the running Serve app at the registry's champion (a user_config update)."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        out.print("no --ray-address / $RAY_ADDRESS: the pointer moved; a running app follows on its next deploy")
+        return
+    import ray
+
+    from ray_jobs.serve import deploy
+
+    ray.init(address=address, log_to_driver=False)
+    deploy(s.serve)
+    out.print(f"Serve app {s.serve.app_name!r} reconfigured to the champion")
+
+
+def promote(ctx: typer.Context, version: Annotated[str, typer.Argument(help="Registry version, e.g. v0003.")],
+            registry: RegistryOpt = None, ray_address: AddressOpt = None):
+    """Make VERSION the champion if its metric is ≥ the champion's (+ serve.promote_min_gain); log the decision."""
+    s, reg = _registry(ctx, registry)
+    decision = reg.promote(version, s.serve.promote_metric, s.serve.promote_min_gain)
+    out.print(f"{'promoted' if decision.accepted else 'refused'}: {decision.reason}")
+    if decision.accepted:
+        _follow(s, ray_address)
+    else:
+        raise typer.Exit(1)
+
+
+def rollback(ctx: typer.Context, registry: RegistryOpt = None, ray_address: AddressOpt = None):
+    """Restore the previous champion; log the decision."""
+    s, reg = _registry(ctx, registry)
+    decision = reg.rollback()
+    out.print(f"{'rolled back' if decision.accepted else 'refused'}: {decision.reason}")
+    if decision.accepted:
+        _follow(s, ray_address)
+    else:
+        raise typer.Exit(1)
+
+
+def serve_cmd(ctx: typer.Context, registry: RegistryOpt = None, ray_address: AddressOpt = None,
+              port: Annotated[Optional[int], typer.Option(help="HTTP port (default serve.http_port).")] = None,
+              use_features: Annotated[bool, typer.Option("--features/--no-features")] = True,
+              run_for: Annotated[Optional[float], typer.Option(help="Stop after this many seconds.")] = None):
+    """Run the LanternScorer Serve app (champion version): handle + POST /score + GET /healthz."""
+    import ray
+    from ray import serve
+
+    from ray_jobs.serve import deploy, feature_store_options
+
+    s = settings_for(ctx, serve=dict(registry=registry, http_port=port))
+    ray.init(address=ray_address or os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=False)
+    features = feature_store_options(s.features) if use_features else None
+    deploy(s.serve, features=features)
+    out.print(f"serving on http://{s.serve.http_host}:{s.serve.http_port}/score (Ctrl-C stops)")
+    try:
+        deadline = time.monotonic() + run_for if run_for else None
+        while deadline is None or time.monotonic() < deadline:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def bench_serve_cmd(ctx: typer.Context, data: Annotated[Optional[Path], typer.Option(help="Dataset directory.")] = None,
+                    json_out: Annotated[Path, typer.Option("--json")] = Path("reports/bench_serve.json"),
+                    users: Annotated[int, typer.Option(help="Users to train the benchmark model on.")] = 3000):
+    """Rows/s through Ray Serve (micro-batches 64/256/1024) vs the same model in process, and latency."""
+    from ray_jobs.bench import bench_serve
+
+    s = settings_for(ctx, paths=dict(data=data))
+    result = bench_serve(s, users=users, log=console.print)
+    json_out.parent.mkdir(parents=True, exist_ok=True)
+    json_out.write_text(json.dumps(result, indent=1))
+    out.print(f"results in {json_out}")

@@ -1,0 +1,120 @@
+"""`lantern bench serve`: the Serve path vs the same model in process, side by side in one run.
+
+Both paths do the same work per micro-batch — parse, feature lookup (the same SQLite Feast
+store), encode, forward, score records — with the same CPU share (one core, one torch thread),
+so the ratio is what Serve's hop (handle → replica, serialisation, batching) costs.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+import time
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+import torch
+
+BATCHES = (64, 256, 1024)
+
+
+def _trained_registry(root: Path, ds, settings, log):
+    from model.checkpoint import save_model
+    from model.train import fit, prepare
+    from ray_jobs.registry import Registry
+
+    tc = replace(settings.train, variant="lantern", preset="small", epochs=1)
+    prep = prepare(ds, tc)
+    model, history = fit(prep, tc, progress=False)
+    reg = Registry(root / "registry")
+    reg.register(save_model(root / "model", model, prep.features, ds.questionnaire, {"training": history}),
+                 {"val_f1": history["best_val_f1"]})
+    reg.promote("v0001")
+    log(f"trained and registered v0001 (val F1 {history['best_val_f1']:.4f})")
+    return reg
+
+
+def _feature_store(root: Path, ds):
+    from features.lookup import materialize_online
+    from features.store import FeatureStoreConfig, apply, open_store
+
+    stamps = [pc.min_max(t.column("event_timestamp")) for t in ds.external.values()]
+    first = min(s["min"].as_py() for s in stamps) - timedelta(days=1)
+    last = max(s["max"].as_py() for s in stamps) + timedelta(days=1)
+    cfg = FeatureStoreConfig(repo=root / "features", ttl_days=10_000)
+    store = open_store(cfg)
+    apply(store, ds, cfg)
+    materialize_online(store, cfg, start=first, end=last)
+    return store, cfg
+
+
+def _rate(fn, batches) -> tuple[float, list[float]]:
+    latencies = []
+    t0 = time.perf_counter()
+    for records in batches:
+        t = time.perf_counter()
+        fn(records)
+        latencies.append(time.perf_counter() - t)
+    return sum(len(b) for b in batches) / (time.perf_counter() - t0), latencies
+
+
+def _concurrent_rate(fn, batches, callers: int) -> float:
+    """Rows/s with ``callers`` threads each sending every batch (several consumers, one app)."""
+    threads = [threading.Thread(target=lambda: [fn(b) for b in batches]) for _ in range(callers)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return callers * sum(len(b) for b in batches) / (time.perf_counter() - t0)
+
+
+def bench_serve(settings, users: int = 3000, rows: int = 4096, rounds: int = 3, log=print) -> dict:
+    import ray
+    from ray import serve
+
+    from features.lookup import OnlineLookup
+    from lantern.dataset.simulate import simulate
+    from ray_jobs.serve import ServeScorer, deploy, feature_store_options
+    from streaming.events import sessions_to_events
+    from streaming.scoring import BatchScorer, InProcessPredictor, Record
+
+    torch.set_num_threads(1)  # the replica's share: one CPU, one torch thread
+    ds = simulate(replace(settings.simulate, users=users))
+    events = sessions_to_events(ds.sessions)
+    with tempfile.TemporaryDirectory(prefix="lantern-bench-serve-") as tmp:
+        root = Path(tmp)
+        reg = _trained_registry(root, ds, settings, log)
+        store, fcfg = _feature_store(root, ds)
+        loaded = reg.load()
+        local = BatchScorer(loaded.questionnaire, loaded.features, InProcessPredictor(loaded.model, "v0001"),
+                            OnlineLookup(store))
+        cfg = replace(settings.serve, registry=root / "registry", min_replicas=1, max_replicas=1, num_cpus=1)
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        try:
+            remote = ServeScorer(deploy(cfg, features=feature_store_options(fcfg), http=False))
+            result = {"users": users, "torch_threads": 1, "replicas": 1, "max_batch_size": cfg.max_batch_size,
+                      "batches": {}}
+            for size in BATCHES:
+                batches = [[Record("bench", 0, i + j, k, v) for j, (k, v) in enumerate(events[i:i + size])]
+                           for i in range(0, min(len(events), max(rows, 4 * size)) - size + 1, size)]
+                local.score(batches[0]), remote.score(batches[0])  # warm both
+                runs = [(_rate(local.score, batches), _rate(remote.score, batches)) for _ in range(rounds)]
+                local_rps = float(np.median([r[0][0] for r in runs]))
+                serve_rps = float(np.median([r[1][0] for r in runs]))
+                lat = np.array([x for r in runs for x in r[1][1]]) * 1e3
+                row = {"in_process_rows_per_s": local_rps, "serve_rows_per_s": serve_rps,
+                       "ratio": serve_rps / local_rps, "serve_p50_ms": float(np.percentile(lat, 50)),
+                       "serve_p99_ms": float(np.percentile(lat, 99)), "calls": len(batches) * rounds,
+                       "serve_rows_per_s_4_callers": _concurrent_rate(remote.score, batches, 4)}
+                result["batches"][str(size)] = row
+                log(f"batch {size:>4}: in-process {local_rps:8.0f} rows/s, Serve {serve_rps:8.0f} rows/s "
+                    f"({row['ratio']:.2f}x), p50 {row['serve_p50_ms']:.1f} ms, p99 {row['serve_p99_ms']:.1f} ms, "
+                    f"4 callers {row['serve_rows_per_s_4_callers']:.0f} rows/s")
+        finally:
+            serve.shutdown()
+            ray.shutdown()
+    return result

@@ -1,0 +1,50 @@
+"""Ray Serve and registry settings: plain data, no Ray import (the CLI reads them at start-up)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from lantern.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    app_name: str = "lantern"
+    registry: Path = Path("registry")
+    model_version: str | None = None  # None: the registry's champion
+    # batching: each request is one micro-batch of sessions; a replica joins up to max_batch_size of
+    # them into one forward pass. Retuned live through user_config → reconfigure.
+    max_batch_size: int = 8
+    batch_wait_timeout_s: float = 0.002
+    max_ongoing_requests: int = 32  # must let batches fill: ≥ max_batch_size
+    # placement and scaling
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0  # fractional allowed; 0 = CPU replicas
+    device: str = "auto"  # auto | cpu | cuda: chosen when the replica starts
+    half: bool = False  # fp16 on CUDA only; never on CPU (see docs/serving.md)
+    min_replicas: int = 1
+    max_replicas: int = 2
+    target_ongoing_requests: float = 4.0
+    # HTTP ingress (POST /score, GET /healthz), loopback unless told otherwise
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
+    # promotion policy
+    promote_metric: str = "val_f1"
+    promote_min_gain: float = 0.0
+
+    def __post_init__(self):
+        if self.max_ongoing_requests < self.max_batch_size:
+            raise ConfigError(f"serve.max_ongoing_requests ({self.max_ongoing_requests}) must be ≥ "
+                              f"serve.max_batch_size ({self.max_batch_size}), or batches cannot fill")
+        if not 1 <= self.min_replicas <= self.max_replicas:
+            raise ConfigError(f"serve replicas need 1 ≤ min_replicas ({self.min_replicas}) ≤ max_replicas "
+                              f"({self.max_replicas})")
+
+    def user_config(self, model_version: str | None) -> dict:
+        """What replicas reconfigure from: batching and the model version (a live update)."""
+        return {"max_batch_size": self.max_batch_size, "batch_wait_timeout_s": self.batch_wait_timeout_s,
+                "model_version": model_version}
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "registry": str(self.registry)}

@@ -1,0 +1,180 @@
+"""Ray Serve: the ``LanternScorer`` deployment, its HTTP routes, and the handle-side scorer.
+
+A replica holds one served version — model, questionnaire, feature spec and a
+:class:`streaming.scoring.BatchScorer` — loaded from the registry in ``__init__`` and swapped by
+``reconfigure`` when ``user_config["model_version"]`` changes. Encoding lives in the replica
+because the feature spec belongs to the model version: a hot swap can never pair one version's
+vocabularies with another's weights. Per request (one micro-batch of Kafka records): parse,
+dead-letter, look features up, encode; then ``@serve.batch`` joins concurrent requests into one
+forward pass per version; every output carries the ``model_version`` that produced it.
+
+Routes: ``POST /score`` (one session event JSON → its scores JSON, 400 with the reason for a bad
+event), ``GET /healthz``. Handle: ``score(records)`` → ``ScoredBatch``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from ray import serve
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from ray_jobs.config import ServeConfig
+from ray_jobs.registry import Registry
+from streaming.scoring import BatchScorer, Encoded, Prediction, Record, ScoredBatch, forward
+
+
+@dataclass
+class Served:
+    version: str
+    model: torch.nn.Module
+    scorer: BatchScorer  # encodes with this version's questionnaire and feature spec
+
+
+def _concat(parts: list[Encoded]) -> tuple:
+    """Model inputs of several encoded micro-batches as one batch."""
+    q_idx = np.concatenate([p.model_args[0] for p in parts])
+    sel = np.concatenate([p.model_args[1] for p in parts])
+    sources = [type(src)(*(np.concatenate([getattr(p.data.sources[i], f) for p in parts])
+                           for f in src.__dataclass_fields__))
+               for i, src in enumerate(parts[0].data.sources)]
+    return q_idx, sel, sources
+
+
+@serve.deployment(name="LanternScorer")
+class LanternScorer:
+    def __init__(self, registry: str, model_version: str | None = None, device: str = "auto", half: bool = False,
+                 features: dict | None = None, threshold: float = 0.5, threads: int = 1):
+        from model.train import resolve_device
+
+        torch.set_num_threads(threads)  # the replica's CPU share (ray_actor_options num_cpus)
+        self.registry = Registry(registry)
+        self.device = resolve_device(device)
+        self.half = half and self.device.type == "cuda"  # never on CPU
+        self.threshold = threshold
+        self.features = None
+        if features is not None:  # the replica's own online lookup (features.lookup.OnlineLookup)
+            from features.config import FeatureStoreConfig
+            from features.lookup import OnlineLookup
+            from features.store import open_store
+
+            self.features = OnlineLookup(open_store(FeatureStoreConfig(**features)))
+        self.served = self._load(model_version)
+
+    def _load(self, version: str | None) -> Served:
+        loaded = self.registry.load(version, str(self.device))
+        model = loaded.model.half() if self.half else loaded.model
+        version = loaded.meta.get("version", version)
+        return Served(version, model, BatchScorer(loaded.questionnaire, loaded.features, None, self.features,
+                                                  self.threshold))
+
+    def reconfigure(self, config: dict) -> None:
+        """user_config: batching knobs and the model version. In-flight requests keep the version
+        they started with (they hold their own reference); new ones get the new version."""
+        self._forward.set_max_batch_size(int(config.get("max_batch_size", 8)))
+        self._forward.set_batch_wait_timeout_s(float(config.get("batch_wait_timeout_s", 0.002)))
+        wanted = config.get("model_version") or self.registry.champion()
+        if wanted != self.served.version:
+            self.served = self._load(wanted)
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.002)
+    async def _forward(self, items: list[tuple[Served, Encoded]]) -> list[Prediction]:
+        out: list[Prediction | None] = [None] * len(items)
+        for served in {id(s): s for s, _ in items}.values():  # one pass per version (two only mid-swap)
+            mine = [i for i, (s, _) in enumerate(items) if s is served]
+            parts = [items[i][1] for i in mine]
+            q_idx, sel, sources = _concat(parts)
+            probs, gate = forward(served.model, q_idx, sel, sources, self.device)
+            start = 0
+            for i, part in zip(mine, parts):
+                n = len(part.events)
+                out[i] = Prediction(probs[start:start + n], gate[start:start + n], served.version)
+                start += n
+        return out
+
+    async def score(self, records: list[Record]) -> ScoredBatch:
+        """Handle entry point: one whole micro-batch of records (the Kafka scorer's poll)."""
+        served = self.served  # this request's version, whatever reconfigure does meanwhile
+        enc = await asyncio.to_thread(served.scorer.encode, records)
+        pred = await self._forward((served, enc)) if enc.data is not None else None
+        return served.scorer.finish(enc, pred)
+
+    async def __call__(self, request: Request) -> Response:
+        path = request.url.path.rstrip("/")
+        if request.method == "GET" and path.endswith("/healthz"):
+            return JSONResponse({"status": "ok", "model_version": self.served.version, "device": str(self.device)})
+        if request.method == "POST" and path.endswith("/score"):
+            result = await self.score([Record("http", 0, 0, None, await request.body())])
+            if result.dead:
+                error = result.dead[0][1]
+                return JSONResponse({"error": error.kind, "reason": error.message, "field": error.field},
+                                    status_code=400)
+            return Response(result.scores[0][1], media_type="application/json")
+        return JSONResponse({"error": "not_found", "reason": "routes: POST /score, GET /healthz"}, status_code=404)
+
+    def check_health(self) -> None:
+        if self.served is None:
+            raise RuntimeError("no model loaded")
+
+
+def build_app(cfg: ServeConfig, model_version: str | None = None, features: dict | None = None,
+              threshold: float = 0.5):
+    """The Serve application for ``cfg``: placement, autoscaling and user_config from settings."""
+    version = model_version or cfg.model_version or Registry(cfg.registry).champion()
+    deployment = LanternScorer.options(
+        ray_actor_options={"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus},
+        max_ongoing_requests=cfg.max_ongoing_requests,
+        autoscaling_config={"min_replicas": cfg.min_replicas, "max_replicas": cfg.max_replicas,
+                            "initial_replicas": cfg.min_replicas,
+                            "target_ongoing_requests": cfg.target_ongoing_requests},
+        user_config=cfg.user_config(version),
+    )
+    # an absolute registry path: replicas may run with another working directory
+    return deployment.bind(str(Path(cfg.registry).resolve()), version, cfg.device, cfg.half, features, threshold,
+                           max(1, int(cfg.num_cpus)))
+
+
+def deploy(cfg: ServeConfig, model_version: str | None = None, features: dict | None = None,
+           threshold: float = 0.5, http: bool = True):
+    """Start Serve (HTTP on ``cfg.http_host:http_port``) and run or update the app; returns its handle.
+    Re-running with another version is a lightweight update: only user_config changes, replicas
+    reconfigure in place."""
+    serve.start(http_options={"host": cfg.http_host, "port": cfg.http_port} if http else {"location": "NoServer"})
+    return serve.run(build_app(cfg, model_version, features, threshold), name=cfg.app_name,
+                     route_prefix="/" if http else None)
+
+
+def feature_store_options(cfg) -> dict:
+    """A FeatureStoreConfig as replica arguments (absolute repo path: replicas run elsewhere)."""
+    from dataclasses import asdict
+
+    return {**asdict(cfg), "repo": str(Path(cfg.repo).resolve())}
+
+
+class ServeScorer:
+    """What the Kafka consumer calls instead of a local BatchScorer: one handle call per micro-batch.
+    A replica that dies mid-request fails that call (Serve does not retry): retried with backoff;
+    after the last attempt the error propagates, nothing is committed, the batch is redelivered."""
+
+    def __init__(self, handle, attempts: int = 4, backoff_s: float = 0.5):
+        self.handle, self.attempts, self.backoff_s = handle, attempts, backoff_s
+
+    def score(self, records: list[Record]) -> ScoredBatch:
+        import time
+
+        from ray.exceptions import RayError
+        from ray.serve.exceptions import BackPressureError
+
+        for attempt in range(self.attempts):
+            try:
+                return self.handle.score.remote(records).result()
+            except (RayError, BackPressureError):
+                if attempt == self.attempts - 1:
+                    raise
+                time.sleep(self.backoff_s * 2 ** attempt)
+        raise AssertionError("unreachable")
