@@ -190,7 +190,9 @@ def _register() -> None:
                     cli_ray.register, cli_ray.promote, cli_ray.rollback):
         app.command()(command)
     app.command("serve")(cli_ray.serve_cmd)
+    app.command("retrain")(cli_ray.retrain_cmd)
     bench_app.command("serve")(cli_ray.bench_serve_cmd)
+    bench_app.command("train")(cli_ray.bench_train_cmd)
 
 
 _register()

@@ -110,3 +110,46 @@ def bench_serve_cmd(ctx: typer.Context, data: Annotated[Optional[Path], typer.Op
     json_out.parent.mkdir(parents=True, exist_ok=True)
     json_out.write_text(json.dumps(result, indent=1))
     out.print(f"results in {json_out}")
+
+
+def retrain_cmd(ctx: typer.Context, data: Annotated[Optional[Path], typer.Option(help="Dataset directory.")] = None,
+                archive: Annotated[Optional[Path], typer.Option(
+                    help="Archived sessions (lantern archive --out); default: the dataset's sessions.")] = None,
+                use_features: Annotated[bool, typer.Option(
+                    "--features/--no-features", help="Point-in-time features from Feast (else joined in process).")] = True,
+                workers: Annotated[Optional[int], typer.Option(min=1, help="Ray Train workers.")] = None,
+                gpu: Annotated[Optional[bool], typer.Option("--gpu/--cpu", help="One GPU per worker.")] = None,
+                epochs: Annotated[Optional[int], typer.Option(min=1)] = None,
+                variant: Annotated[Optional[str], typer.Option()] = None,
+                preset: Annotated[Optional[str], typer.Option()] = None,
+                run_name: Annotated[Optional[str], typer.Option(help="Same name again = resume its last checkpoint.")] = None,
+                registry: RegistryOpt = None,
+                promote: Annotated[bool, typer.Option(help="Promote the new version if it beats the champion.")] = False,
+                ray_address: AddressOpt = None):
+    """Distributed retraining on Ray Train (DDP); the result becomes the next registry version."""
+    import ray
+
+    from ray_jobs.train import retrain_and_register
+
+    s = settings_for(ctx, paths=dict(data=data), serve=dict(registry=registry),
+                     train=dict(epochs=epochs, variant=variant, preset=preset),
+                     retrain=dict(num_workers=workers, use_gpu=gpu, run_name=run_name))
+    ray.init(address=ray_address or os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=False)
+    try:
+        result = retrain_and_register(s, archive, use_features, promote, log=console.print)
+    finally:
+        ray.shutdown()
+    out.print(json.dumps(result))
+
+
+def bench_train_cmd(ctx: typer.Context, json_out: Annotated[Path, typer.Option("--json")] = Path("reports/bench_train.json"),
+                    users: Annotated[int, typer.Option(help="Simulated users.")] = 5000,
+                    epochs: Annotated[int, typer.Option(min=1)] = 6):
+    """Samples/s of Ray Train (2 workers, DDP) vs the plain single-process loop, same data and epochs."""
+    from ray_jobs.bench import bench_train
+
+    s = settings_for(ctx)
+    result = bench_train(s, users=users, epochs=epochs, log=console.print)
+    json_out.parent.mkdir(parents=True, exist_ok=True)
+    json_out.write_text(json.dumps(result, indent=1))
+    out.print(f"results in {json_out}")

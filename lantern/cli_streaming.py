@@ -64,7 +64,7 @@ def replay(
 def score(
     ctx: typer.Context,
     model: Annotated[Optional[Path], typer.Option(
-        help="Model directory (lantern train); default: the registry's champion.")] = None,
+        help="Model directory (lantern train); default: the registry's champion (always with --serve).")] = None,
     bootstrap: BootstrapOpt = None,
     max_events: Annotated[Optional[int], typer.Option(min=1, help="Stop after this many events (per actor).")] = None,
     idle_exit: Annotated[Optional[float], typer.Option(help="Stop after this many idle seconds.")] = None,
@@ -82,11 +82,15 @@ def score(
     from streaming.kafka_io import KafkaScorer
 
     s = settings_for(ctx, kafka=kafka_overrides(bootstrap))
-    if model is None:
+    if model is None and not use_serve:  # the Serve app loads the registry's champion itself
+        from lantern.errors import ModelError
         from ray_jobs.registry import Registry
 
         reg = Registry(s.serve.registry)
-        model = reg.path(reg.champion() or "<no champion: run lantern promote>")
+        if reg.champion() is None:
+            raise ModelError(f"no --model given and the registry {reg.root} has no champion "
+                             f"(lantern register --model DIR, then lantern promote VERSION)")
+        model = reg.path(reg.champion())
     if use_serve or ray_actors:
         import ray
 

@@ -20,7 +20,7 @@ from features.config import FeatureStoreConfig
 from lantern.dataset.simulate import SimConfig
 from lantern.errors import ConfigError
 from model.config import TrainConfig
-from ray_jobs.config import ServeConfig
+from ray_jobs.config import RetrainConfig, ServeConfig
 from streaming.config import KafkaConfig
 
 
@@ -41,6 +41,7 @@ class LanternSettings(BaseSettings):
     features: FeatureStoreConfig = FeatureStoreConfig()
     kafka: KafkaConfig = KafkaConfig()
     serve: ServeConfig = ServeConfig()
+    retrain: RetrainConfig = RetrainConfig()
     threads: int = 0  # torch intra-op threads; 0 = one per core
 
     @classmethod

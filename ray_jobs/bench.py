@@ -118,3 +118,49 @@ def bench_serve(settings, users: int = 3000, rows: int = 4096, rounds: int = 3, 
             serve.shutdown()
             ray.shutdown()
     return result
+
+
+def bench_train(settings, users: int = 5000, epochs: int = 6, log=print) -> dict:
+    """Samples/s of Ray Train (2 workers × 1 CPU, DDP) vs the single-process loop (2 torch threads:
+    the machine's two cores either way), same data, split, epochs; both include each epoch's
+    validation pass. Also the end-to-end time of the Ray run (start-up, encoding, data shards)."""
+    import ray
+
+    from lantern.dataset.simulate import simulate
+    from model.evaluate import predict
+    from model.metrics import prf
+    from model.train import fit, prepare
+    from ray_jobs.config import RetrainConfig
+    from ray_jobs.train import retrain
+
+    ds = simulate(replace(settings.simulate, users=users))
+    tc = replace(settings.train, variant="lantern", preset="small", epochs=epochs, patience=epochs + 1)
+    torch.set_num_threads(2)
+    prep = prepare(ds, tc)
+    t0 = time.perf_counter()
+    model, history = fit(prep, tc, progress=False)
+    single_s = time.perf_counter() - t0
+    n_train = len(prep.train_idx)
+    single_sps = n_train * len(history["history"]) / single_s
+    single_f1 = prf(predict(model, prep.test), prep.test.y, prep.test.loss_mask)["f1"]
+    log(f"single process: {single_sps:.0f} samples/s ({single_s:.1f} s, test F1 {single_f1:.4f})")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        with tempfile.TemporaryDirectory(prefix="lantern-bench-train-") as tmp:
+            t0 = time.perf_counter()
+            result = retrain(ds, tc, RetrainConfig(num_workers=2, storage=Path(tmp), run_name="bench"), log=log)
+            ray_total_s = time.perf_counter() - t0
+    finally:
+        ray.shutdown()
+    ray_sps = float(np.mean([h["samples_per_s"] for h in result.history]))
+    ray_f1 = prf(predict(result.model, result.prepared.test), result.prepared.test.y,
+                 result.prepared.test.loss_mask)["f1"]
+    out = {"users": users, "train_sessions": n_train, "epochs": epochs,
+           "single_process": {"samples_per_s": single_sps, "seconds": single_s, "torch_threads": 2, "test_f1": single_f1},
+           "ray_train_2_workers": {"samples_per_s": ray_sps, "end_to_end_s": ray_total_s,
+                                   "end_to_end_samples_per_s": n_train * epochs / ray_total_s, "test_f1": ray_f1,
+                                   "epochs": result.history},
+           "ratio": ray_sps / single_sps, "overhead": 1 - ray_sps / single_sps, "f1_gap": ray_f1 - single_f1}
+    log(f"Ray Train 2 workers: {ray_sps:.0f} samples/s per epoch ({out['ratio']:.2f}x single, overhead "
+        f"{out['overhead']:.0%}), end to end {ray_total_s:.1f} s, test F1 {ray_f1:.4f} (gap {out['f1_gap']:+.4f})")
+    return out

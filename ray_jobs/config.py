@@ -48,3 +48,18 @@ class ServeConfig:
 
     def to_dict(self) -> dict:
         return {**asdict(self), "registry": str(self.registry)}
+
+
+@dataclass(frozen=True)
+class RetrainConfig:
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    storage: Path = Path("reports/ray_train")  # Ray Train run storage (checkpoints, encoded rows)
+    run_name: str = "lantern-retrain"  # rerunning with the same name resumes from its last checkpoint
+    max_failures: int = 1  # worker failures survived per run, each resumed from the last checkpoint
+    fail_once_at_epoch: int | None = None  # testing: one injected worker failure (marker file in storage)
+
+    def __post_init__(self):
+        if self.num_workers < 1:
+            raise ConfigError(f"retrain.num_workers must be ≥ 1 (got {self.num_workers})")

@@ -49,3 +49,21 @@ def test_promote_needs_a_metric_at_least_the_champions_and_rollback_restores(mod
 def test_a_non_model_directory_is_refused(tmp_path):
     with pytest.raises(ModelError, match="not a lantern model directory"):
         Registry(tmp_path / "r").register(tmp_path, {"val_f1": 0.5})
+
+
+def test_the_registry_commands_register_promote_refuse_and_roll_back(monkeypatch, capsys, model_dirs, tmp_path):
+    from tests.lantern.test_cli import run
+
+    reg = str(tmp_path / "reg")
+    for path, _ in model_dirs:
+        code, text = run(monkeypatch, capsys, "register", "--model", path, "--registry", reg)
+        assert code == 0 and "registered v000" in text
+    f1 = {v: Registry(reg).info(v).metrics["val_f1"] for v in ("v0001", "v0002")}
+    assert f1["v0001"] != f1["v0002"]  # two seeds, two models
+    low, high = sorted(f1, key=f1.get)
+    code, text = run(monkeypatch, capsys, "promote", high, "--registry", reg)
+    assert code == 0 and "promoted: first champion" in text
+    code, text = run(monkeypatch, capsys, "promote", low, "--registry", reg)
+    assert code == 1 and f"refused: val_f1 {f1[low]:.4f} < champion {high}'s" in text
+    code, text = run(monkeypatch, capsys, "rollback", "--registry", reg)
+    assert code == 1 and "no previous champion" in text and Registry(reg).champion() == high

@@ -10,6 +10,7 @@ import urllib.request
 
 import numpy as np
 import pytest
+from ray import serve
 
 from features.lookup import OnlineLookup
 from lantern.servers import free_port
@@ -32,7 +33,8 @@ def served(ray_cluster, model_dirs, sqlite_store, tmp_path_factory):
                       min_replicas=1, max_replicas=1)
     features = feature_store_options(features_cfg)
     handle = deploy(cfg, features=features)
-    return handle, reg, cfg, features, OnlineLookup
+    yield handle, reg, cfg, features
+    serve.shutdown()  # frees the replica's CPU for the other Ray tests
 
 
 def _records(ds, start, n):
@@ -83,7 +85,7 @@ def test_http_score_health_and_bad_input(served, recent_ds):
 def test_hot_swap_under_concurrent_load_fails_no_request(served, recent_ds):
     from ray_jobs.serve import deploy
 
-    handle, reg, cfg, features, _ = served
+    handle, reg, cfg, features = served
     records = _records(recent_ds, 0, 64)
     seen, failures, stop = [], [], threading.Event()
 

@@ -1,0 +1,244 @@
+"""Distributed retraining: archived sessions + Feast point-in-time features → Ray Data parquet →
+``TorchTrainer`` (DDP) → a new registry version.
+
+The driver joins and encodes once (``model.train.prepare``: user split, feature spec fitted on
+training users, hidden val/test tasks) and writes the training rows as parquet (ray_jobs/encoded.py).
+Each worker reads its shard, trains with the single-process loop's own pieces
+(``train_epoch``, ``make_optimizer``, ``predict``) under DDP, with its batch size divided by the
+number of workers, so an epoch takes as many optimiser steps as single-process training.
+Every epoch rank 0 reports a checkpoint (weights, optimiser, scheduler, early-stopping state);
+``FailureConfig(max_failures)`` restarts failed workers from it, and rerunning with the same
+run name resumes from it too. Batch order is seeded per (seed, rank, epoch), so a resumed run
+repeats nothing and skips nothing.
+
+Ray Job entry point: ``ray job submit -- python -m ray_jobs.train --data DIR [--archive DIR]``.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from model.config import TrainConfig
+from ray_jobs.config import RetrainConfig
+
+STATE = "state.pt"
+
+
+def _train_loop(config: dict) -> None:
+    import pyarrow as pa
+    import ray
+    import ray.train
+    import ray.train.torch
+
+    from model.checkpoint import build_model
+    from model.evaluate import predict
+    from model.metrics import prf
+    from model.train import make_optimizer, train_epoch
+    from ray_jobs.encoded import from_table
+
+    tc: TrainConfig = config["train"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    shard = ray.train.get_dataset_shard("train")
+    table = pa.concat_tables(list(shard.iter_batches(batch_size=None, batch_format="pyarrow")))
+    data = from_table(table, config["layout"], config["n_sources"])
+    rows = config["rows_per_worker"]
+    assert len(data) >= rows, (len(data), rows)
+    data = data.take(np.arange(rows))  # every worker: the same number of steps (DDP needs it)
+    val = ray.get(config["val"])
+    key_question = np.asarray(config["key_question"])
+    worker_tc = replace(tc, batch_size=max(1, tc.batch_size // world))
+
+    torch.manual_seed(tc.seed)
+    # a batch may leave parameters unused (e.g. no user in it has a sequence source): DDP must allow it
+    model = ray.train.torch.prepare_model(build_model(config["model_config"]),
+                                          parallel_strategy_kwargs={"find_unused_parameters": True})
+    device = ray.train.torch.get_device()
+    core = model.module if hasattr(model, "module") else model
+    opt, sched = make_optimizer(model, worker_tc, math.ceil(rows / worker_tc.batch_size))
+    state = {"epoch": 0, "best_f1": -1.0, "best_state": None, "bad": 0, "history": []}
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:  # a restarted worker group or a rerun: continue where it stopped
+        with checkpoint.as_directory() as d:
+            saved = torch.load(Path(d) / STATE, map_location="cpu", weights_only=False)
+        core.load_state_dict(saved.pop("model"))
+        opt.load_state_dict(saved.pop("opt"))
+        sched.load_state_dict(saved.pop("sched"))
+        state = saved
+
+    for epoch in range(state["epoch"], tc.epochs):
+        _maybe_fail(config, epoch, rank)
+        t0 = time.perf_counter()
+        rng = np.random.default_rng([tc.seed, rank, epoch])
+        loss = train_epoch(model, opt, sched, data, key_question, worker_tc, rng, device)
+        f1 = prf(predict(core, val, device=device), val.y, val.loss_mask)["f1"]  # the same on every rank
+        row = {"epoch": epoch + 1, "loss": loss, "val_f1": f1, "epoch_s": time.perf_counter() - t0,
+               "samples_per_s": rows * world / (time.perf_counter() - t0)}
+        state["history"].append(row)
+        if f1 > state["best_f1"]:
+            state.update(best_f1=f1, best_state={k: v.detach().cpu().clone() for k, v in core.state_dict().items()},
+                         bad=0)
+        else:
+            state["bad"] += 1
+        state["epoch"] = epoch + 1
+        _report(row, state, core, opt, sched, rank)
+        if state["bad"] >= tc.patience:
+            break
+
+
+def _report(row: dict, state: dict, core, opt, sched, rank: int) -> None:
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as d:
+        if rank == 0:
+            torch.save({**state, "model": core.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict()},
+                       Path(d) / STATE)
+            ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(d))
+        else:
+            ray.train.report(row)
+
+
+def _maybe_fail(config: dict, epoch: int, rank: int) -> None:
+    marker = config.get("fail_marker")
+    if marker and epoch == config.get("fail_once_at_epoch") and rank == 0 and not Path(marker).exists():
+        Path(marker).touch()
+        raise RuntimeError(f"injected worker failure at epoch {epoch + 1}")
+
+
+@dataclass
+class RetrainResult:
+    model: torch.nn.Module
+    prepared: object  # model.train.Prepared
+    history: list[dict]
+    best_val_f1: float
+    seconds: float
+
+
+def _check_resources(rc: RetrainConfig, log) -> None:
+    """Fail fast when the cluster can never hold the worker group (Ray Train would wait forever)."""
+    import ray
+
+    from lantern.errors import ConfigError
+
+    kind, each = ("GPU", 1.0) if rc.use_gpu else ("CPU", rc.cpus_per_worker)
+    need = rc.num_workers * each
+    total, free = ray.cluster_resources().get(kind, 0.0), ray.available_resources().get(kind, 0.0)
+    if total < need:
+        raise ConfigError(f"retrain needs {need:g} {kind} ({rc.num_workers} workers × {each:g}); the Ray cluster "
+                          f"has {total:g}: lower retrain.num_workers / retrain.cpus_per_worker or add nodes")
+    if free < need:
+        log(f"waiting for {need:g} {kind}: {free:g} free now (other Ray work holds the rest)")
+
+
+def retrain(ds, tc: TrainConfig, rc: RetrainConfig, sources=None, log=print) -> RetrainResult:
+    """Prepare on the driver, train on ``rc.num_workers`` Ray Train workers; the best epoch's model."""
+    import ray
+    import ray.data
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from model.checkpoint import build_model
+    from model.data import model_config
+    from model.train import prepare
+    from ray_jobs.encoded import shapes, write_encoded
+
+    _check_resources(rc, log)
+    t0 = time.perf_counter()
+    prep = prepare(ds, tc, sources=sources)
+    train = prep.data.take(prep.train_idx)
+    storage = Path(rc.storage).resolve()
+    encoded = write_encoded(train, storage / rc.run_name / "encoded" / "train.parquet")
+    rows = len(train) // rc.num_workers
+    cfg = model_config(ds.questionnaire, prep.features, tc.variant, tc.preset)
+    trainer = TorchTrainer(
+        _train_loop,
+        train_loop_config={
+            "train": tc, "model_config": cfg, "layout": shapes(train), "n_sources": len(train.sources),
+            "rows_per_worker": rows, "val": ray.put(prep.val), "key_question": prep.key_question.tolist(),
+            "fail_once_at_epoch": rc.fail_once_at_epoch,
+            "fail_marker": str(storage / rc.run_name / "injected-failure") if rc.fail_once_at_epoch is not None else None,
+        },
+        scaling_config=ScalingConfig(num_workers=rc.num_workers, use_gpu=rc.use_gpu,
+                                     resources_per_worker={"CPU": rc.cpus_per_worker}),
+        run_config=RunConfig(name=rc.run_name, storage_path=str(storage),
+                             failure_config=FailureConfig(max_failures=rc.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+        # read before the workers hold the CPUs: on a small cluster the read tasks would wait forever
+        datasets={"train": ray.data.read_parquet(str(encoded)).materialize()},
+    )
+    log(f"training {tc.variant}-{tc.preset} on {rc.num_workers} workers × {rows} sessions")
+    result = trainer.fit()
+    with result.checkpoint.as_directory() as d:
+        saved = torch.load(Path(d) / STATE, map_location="cpu", weights_only=False)
+    model = build_model(cfg)
+    model.load_state_dict(saved["best_state"])
+    model.eval()
+    return RetrainResult(model, prep, saved["history"], saved["best_f1"], time.perf_counter() - t0)
+
+
+def data_window(sessions) -> dict:
+    """What a version was trained on: session count and the completed_at range."""
+    import pyarrow.compute as pc
+
+    span = pc.min_max(sessions.column("completed_at"))
+    return {"sessions": sessions.num_rows, "from": str(span["min"].as_py()), "to": str(span["max"].as_py())}
+
+
+def retrain_and_register(settings, archive: Path | None = None, use_features: bool = True, promote: bool = False,
+                         log=print) -> dict:
+    """`lantern retrain`: dataset (sessions from ``archive`` when given) + Feast point-in-time
+    features → Ray Train → a registry version (val/test F1, data window, parent) → optionally promoted."""
+    from dataclasses import replace as with_sessions
+
+    from lantern.dataset.io import load_dataset
+    from model.checkpoint import save_model
+    from model.evaluate import predict
+    from model.metrics import prf
+    from ray_jobs.registry import Registry
+
+    ds = load_dataset(settings.paths.data)
+    if archive is not None:
+        from streaming.archive import read_archive
+
+        ds = with_sessions(ds, sessions=read_archive(archive))
+        log(f"{ds.sessions.num_rows} archived sessions from {archive}")
+    sources = None
+    if use_features:  # point-in-time rows from Feast's offline store, not the in-process join
+        from features.store import open_store, registered_layouts, split_training_set, training_set
+
+        store = open_store(settings.features)
+        sources = split_training_set(training_set(store, ds.sessions), registered_layouts(store))
+    rc = settings.retrain
+    result = retrain(ds, settings.train, rc, sources=sources, log=log)
+    prep = result.prepared
+    test_f1 = prf(predict(result.model, prep.test), prep.test.y, prep.test.loss_mask)["f1"]
+    window = data_window(ds.sessions)
+    path = save_model(Path(rc.storage) / rc.run_name / "model", result.model, prep.features, ds.questionnaire,
+                      {"training": {"history": result.history, "best_val_f1": result.best_val_f1,
+                                    "workers": rc.num_workers}, "data_window": window})
+    registry = Registry(settings.serve.registry)
+    info = registry.register(path, {"val_f1": result.best_val_f1, "test_f1": test_f1}, window)
+    log(f"registered {info.version}: val F1 {result.best_val_f1:.4f}, test F1 {test_f1:.4f}, "
+        f"{len(result.history)} epochs in {result.seconds:.0f} s on {rc.num_workers} workers")
+    out = {"version": info.version, "val_f1": result.best_val_f1, "test_f1": test_f1, "seconds": result.seconds}
+    if promote:
+        decision = registry.promote(info.version, settings.serve.promote_metric, settings.serve.promote_min_gain)
+        log(f"{'promoted' if decision.accepted else 'not promoted'}: {decision.reason}")
+        out["promoted"] = decision.accepted
+    return out
+
+
+if __name__ == "__main__":  # the Ray Job entry point: `ray job submit -- python -m ray_jobs.train ...`
+    import sys
+
+    from lantern.cli import main
+
+    sys.argv = ["lantern", "retrain", *sys.argv[1:]]
+    main()
