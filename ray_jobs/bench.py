@@ -34,7 +34,27 @@ def _trained_registry(root: Path, ds, settings, log):
                  {"val_f1": history["best_val_f1"]})
     reg.promote("v0001")
     log(f"trained and registered v0001 (val F1 {history['best_val_f1']:.4f})")
-    return reg
+    return reg, prep, model
+
+
+def half_precision_effect(model, hs, device: str = "cpu") -> dict:
+    """Test-set F1 of the model under fp16 autocast vs fp32 (the Serve ``half`` switch). On a CPU
+    this uses CPU fp16 kernels: a proxy for CUDA's, which also accumulate in fp32."""
+    from model.metrics import prf
+    from streaming.scoring import forward
+
+    def probs(half: bool) -> np.ndarray:
+        parts = []
+        for start in range(0, len(hs.y), 1024):
+            sub = hs.data.take(np.arange(start, min(start + 1024, len(hs.y))))
+            parts.append(forward(model, sub.survey.q_idx, sub.survey.sel, sub.sources, torch.device(device), half)[0])
+        return np.concatenate(parts)
+
+    p32, p16 = probs(False), probs(True)
+    f32, f16 = (prf(p, hs.y, hs.loss_mask)["f1"] for p in (p32, p16))
+    return {"device": device, "f1_fp32": f32, "f1_fp16": f16, "f1_delta": f16 - f32,
+            "max_abs_prob_delta": float(np.abs(p32 - p16).max()),
+            "decisions_flipped": int(((p32 >= 0.5) != (p16 >= 0.5)).sum()), "decisions": int(p32.size)}
 
 
 def _feature_store(root: Path, ds):
@@ -87,7 +107,10 @@ def bench_serve(settings, users: int = 3000, rows: int = 4096, rounds: int = 3, 
     events = sessions_to_events(ds.sessions)
     with tempfile.TemporaryDirectory(prefix="lantern-bench-serve-") as tmp:
         root = Path(tmp)
-        reg = _trained_registry(root, ds, settings, log)
+        reg, prep, model = _trained_registry(root, ds, settings, log)
+        half = half_precision_effect(model, prep.test)
+        log(f"fp16 autocast vs fp32: F1 {half['f1_fp16']:.5f} vs {half['f1_fp32']:.5f} "
+            f"(delta {half['f1_delta']:+.5f}), {half['decisions_flipped']} of {half['decisions']} decisions flipped")
         store, fcfg = _feature_store(root, ds)
         loaded = reg.load()
         local = BatchScorer(loaded.questionnaire, loaded.features, InProcessPredictor(loaded.model, "v0001"),
@@ -97,7 +120,7 @@ def bench_serve(settings, users: int = 3000, rows: int = 4096, rounds: int = 3, 
         try:
             remote = ServeScorer(deploy(cfg, features=feature_store_options(fcfg), http=False))
             result = {"users": users, "torch_threads": 1, "replicas": 1, "max_batch_size": cfg.max_batch_size,
-                      "batches": {}}
+                      "half_precision": half, "batches": {}}
             for size in BATCHES:
                 batches = [[Record("bench", 0, i + j, k, v) for j, (k, v) in enumerate(events[i:i + size])]
                            for i in range(0, min(len(events), max(rows, 4 * size)) - size + 1, size)]

@@ -68,9 +68,8 @@ class LanternScorer:
 
     def _load(self, version: str | None) -> Served:
         loaded = self.registry.load(version, str(self.device))
-        model = loaded.model.half() if self.half else loaded.model
         version = loaded.meta.get("version", version)
-        return Served(version, model, BatchScorer(loaded.questionnaire, loaded.features, None, self.features,
+        return Served(version, loaded.model, BatchScorer(loaded.questionnaire, loaded.features, None, self.features,
                                                   self.threshold))
 
     def reconfigure(self, config: dict) -> None:
@@ -89,7 +88,7 @@ class LanternScorer:
             mine = [i for i, (s, _) in enumerate(items) if s is served]
             parts = [items[i][1] for i in mine]
             q_idx, sel, sources = _concat(parts)
-            probs, gate = forward(served.model, q_idx, sel, sources, self.device)
+            probs, gate = forward(served.model, q_idx, sel, sources, self.device, self.half)
             start = 0
             for i, part in zip(mine, parts):
                 n = len(part.events)
@@ -144,7 +143,10 @@ def deploy(cfg: ServeConfig, model_version: str | None = None, features: dict | 
     """Start Serve (HTTP on ``cfg.http_host:http_port``) and run or update the app; returns its handle.
     Re-running with another version is a lightweight update: only user_config changes, replicas
     reconfigure in place."""
-    serve.start(http_options={"host": cfg.http_host, "port": cfg.http_port} if http else {"location": "NoServer"})
+    if http:
+        serve.start(http_options={"host": cfg.http_host, "port": cfg.http_port})
+    else:
+        serve.start(proxy_location="Disabled")
     return serve.run(build_app(cfg, model_version, features, threshold), name=cfg.app_name,
                      route_prefix="/" if http else None)
 

@@ -56,16 +56,22 @@ class Predictor(Protocol):
 
 @torch.no_grad()
 def forward(model: torch.nn.Module, q_idx: np.ndarray, sel: np.ndarray, sources: list,
-            device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-    """One forward pass over encoded sessions → (probabilities (B, K), mean gate (B,))."""
+            device: torch.device, half: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """One forward pass over encoded sessions → (probabilities (B, K), mean gate (B,)).
+    ``half``: fp16 autocast (matmuls and attention in fp16, reductions and norms in fp32)."""
     batch = to_batch(q_idx, sel, sources, device)
+    with torch.autocast(device.type, dtype=torch.float16, enabled=half):
+        return _forward(model, batch, len(q_idx))
+
+
+def _forward(model: torch.nn.Module, batch, n: int) -> tuple[np.ndarray, np.ndarray]:
     if getattr(model.cfg, "variant", "") == "lantern":
         logits, aux = model(batch, return_aux=True)
         mask = aux["survey_mask"][:, 1:].float()
         gate = (aux["gate"][:, 1:] * mask).sum(1) / mask.sum(1).clamp_min(1)
         gate = torch.where(aux["has_external"], gate, torch.full_like(gate, float("nan")))
     else:
-        logits, gate = model(batch), torch.full((len(q_idx),), float("nan"))
+        logits, gate = model(batch), torch.full((n,), float("nan"))
     return torch.sigmoid(logits.float()).cpu().numpy(), gate.float().cpu().numpy()
 
 
