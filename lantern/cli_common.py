@@ -37,3 +37,8 @@ BootstrapOpt = Annotated[Optional[str], typer.Option("--bootstrap", help="Kafka 
 def kafka_overrides(bootstrap: str | None) -> dict:
     """--bootstrap, else $KAFKA_BOOTSTRAP (read here, at the entry point)."""
     return {"bootstrap": bootstrap or os.environ.get("KAFKA_BOOTSTRAP")}
+
+
+def resolve_ray_address(flag: str | None) -> str | None:
+    """--ray-address, else $RAY_ADDRESS (read here, at the entry point); None: a local Ray."""
+    return flag or os.environ.get("RAY_ADDRESS") or None

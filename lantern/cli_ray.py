@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from lantern.cli_common import console, out, settings_for
+from lantern.cli_common import console, out, resolve_ray_address, settings_for
 
 RegistryOpt = Annotated[Optional[Path], typer.Option("--registry", help="Registry directory (default registry/).")]
 AddressOpt = Annotated[Optional[str], typer.Option(
@@ -37,7 +36,7 @@ def register(ctx: typer.Context, model: Annotated[Path, typer.Option(help="Model
 
 def _follow(s, address: str | None) -> None:
     """Point the running Serve app at the registry's champion (a user_config update)."""
-    address = address or os.environ.get("RAY_ADDRESS")
+    address = resolve_ray_address(address)
     if not address:
         out.print("no --ray-address / $RAY_ADDRESS: the pointer moved; a running app follows on its next deploy")
         return
@@ -84,7 +83,7 @@ def serve_cmd(ctx: typer.Context, registry: RegistryOpt = None, ray_address: Add
     from ray_jobs.serve import deploy, feature_store_options
 
     s = settings_for(ctx, serve=dict(registry=registry, http_port=port))
-    ray.init(address=ray_address or os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=False)
+    ray.init(address=resolve_ray_address(ray_address), include_dashboard=False, log_to_driver=False)
     features = feature_store_options(s.features) if use_features else None
     deploy(s.serve, features=features)
     out.print(f"serving on http://{s.serve.http_host}:{s.serve.http_port}/score (Ctrl-C stops)")
@@ -134,7 +133,7 @@ def retrain_cmd(ctx: typer.Context, data: Annotated[Optional[Path], typer.Option
     s = settings_for(ctx, paths=dict(data=data), serve=dict(registry=registry),
                      train=dict(epochs=epochs, variant=variant, preset=preset),
                      retrain=dict(num_workers=workers, use_gpu=gpu, run_name=run_name))
-    ray.init(address=ray_address or os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=False)
+    ray.init(address=resolve_ray_address(ray_address), include_dashboard=False, log_to_driver=False)
     try:
         result = retrain_and_register(s, archive, use_features, promote, log=console.print)
     finally:

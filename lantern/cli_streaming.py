@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from lantern.cli_common import BootstrapOpt, console, kafka_overrides, out, settings_for
+from lantern.cli_common import BootstrapOpt, console, kafka_overrides, out, resolve_ray_address, settings_for
 
 
 def broker():
@@ -17,7 +17,6 @@ def broker():
 
     KAFKA_BOOTSTRAP set → that broker is used; a reachable Docker engine → Apache Kafka via
     testcontainers; otherwise the embedded Tansu broker (memory-only) on a free loopback port."""
-    import os
     import signal
     import threading
 
@@ -94,7 +93,7 @@ def score(
     if use_serve or ray_actors:
         import ray
 
-        ray.init(address=ray_address or os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=False)
+        ray.init(address=resolve_ray_address(ray_address), include_dashboard=False, log_to_driver=False)
     if use_serve:
         from ray import serve
 
