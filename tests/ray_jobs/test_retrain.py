@@ -8,7 +8,8 @@ import pytest
 from model.evaluate import predict
 from model.metrics import prf
 from model.train import TrainConfig, fit, prepare
-from ray_jobs.train import RetrainConfig, retrain
+from ray_jobs.config import RetrainConfig
+from ray_jobs.train import retrain
 
 TC = TrainConfig(variant="lantern", epochs=3, batch_size=128, seed=5, patience=10)
 
@@ -33,9 +34,9 @@ def test_two_workers_match_single_process_training(ray_cluster, small_ds, single
     assert abs(result.best_val_f1 - history["best_val_f1"]) <= 0.01
 
 
-def test_a_worker_failure_resumes_from_the_last_checkpoint(ray_cluster, small_ds, tmp_path):
+def test_a_worker_failure_resumes_from_the_last_checkpoint(ray_cluster, recent_ds, tmp_path):
     rc = RetrainConfig(num_workers=2, storage=tmp_path, run_name="flaky", max_failures=1, fail_once_at_epoch=1)
-    result = retrain(small_ds, TC, rc, log=lambda m: None)
+    result = retrain(recent_ds, TC, rc, log=lambda m: None)
     assert (tmp_path / "flaky" / "injected-failure").exists()  # the failure happened (in epoch 2)
     assert [h["epoch"] for h in result.history] == [1, 2, 3]  # epoch 1 kept, not redone; nothing skipped
     assert result.best_val_f1 > 0
