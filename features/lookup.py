@@ -1,10 +1,12 @@
-"""The scorer's online lookup: a batch of user ids → every source's columns + presence mask.
+"""The scorer's online lookup: a batch of user ids → the model's external inputs (or each
+source's columns) + presence masks.
 
-Why it is fast (docs/features.md has the figures): sources are packed (≤ 4 values per user per
-source instead of one per column), the online store is read directly in Feast's own storage
-layout — one ``IN (...)`` query per view on SQLite, one pipelined round trip of ``HMGET`` for all
-views on Redis — entity keys are serialised once and cached, and values are decoded straight
-from protobuf without Feast's per-value Python type conversion.
+Why it is fast (docs/features.md has the figures): one precomputed vector per user holds every
+packed source, read in Feast's own storage layout with one ``IN (...)`` query on SQLite or one
+``EVALSHA`` on Redis; entity keys are built directly in Feast's v3 layout; the batch is parsed
+with numpy gathers (features/vector.py) and shaped straight into model arrays
+(features/model_inputs.py). Without the vector view, the per-source views are read instead
+(one ``UNION ALL`` query, or one pipelined round of ``HMGET``s) with the same answers.
 
 Unknown users, missing sources and rows older than the view's TTL come back with
 ``present = False``; an unreachable store raises :class:`FeatureStoreUnavailable`.
