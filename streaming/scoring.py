@@ -5,7 +5,9 @@ one model call for the whole batch → encoded scores, plus dead letters for wha
 scored. Pluggable pieces:
 
 * a :class:`FeatureClient` (``features.lookup.OnlineLookup``, or ``streaming.testing.FakeFeatures``);
-* a :class:`Predictor` (in-process model here; the Ray Serve handle in ray_jobs/).
+* a :class:`Predictor` (the in-process model). With Ray Serve, each replica runs a BatchScorer
+  (``encode`` → batched forward → ``finish``) and the consumer calls ``ray_jobs.serve.ServeScorer``,
+  which has this class's ``score(records)``.
 """
 
 from __future__ import annotations
