@@ -53,23 +53,32 @@ def _figures(size: int, sdk_s: float, ours_s: float, equal: bool, calls: int) ->
             "sdk_ms": sdk_s * 1e3, "lantern_ms": ours_s * 1e3, "values_equal": bool(equal), "calls": calls}
 
 
-def bench_store(ds: Dataset, kind: str, repo: Path, redis_address: str | None, batches=BATCHES,
-                min_rows: int = 8192, seed: int = 0, log=print) -> dict:
-    """Per batch size: the model's external inputs for a batch of users through (a) Feast's SDK +
-    the model's shaping and (b) ``OnlineLookup.model_inputs``; ``columns``: the same for the
-    source columns alone (``sdk_lookup`` vs ``OnlineLookup.lookup``)."""
-    # every row of the (historic) dataset online and fresh: SDK and lantern must return the same
+def historic_store(ds: Dataset, kind: str, repo: Path, redis_address: str | None = None,
+                   ttl_days: float | None = None, log=print) -> tuple:
+    """Every row of a (historic) dataset applied and materialized online, vectors included.
+    Returns the store, its config and the window's end: by default the TTL spans the window, so
+    every row is fresh at that time (pass ``ttl_days`` to keep them fresh at another clock)."""
     stamps = [pc.min_max(t.column("event_timestamp")) for t in ds.external.values()]
     first = min(s["min"].as_py() for s in stamps) - timedelta(days=1)
     last = max(s["max"].as_py() for s in stamps) + timedelta(days=1)
     cfg = FeatureStoreConfig(repo=repo, online=kind, redis=redis_address or "127.0.0.1:6379",
-                             ttl_days=(last - first).days + 2)
+                             ttl_days=ttl_days or (last - first).days + 2)
     store = open_store(cfg)
     apply(store, ds, cfg)
     t0 = time.perf_counter()
     users = materialize_online(store, cfg, start=first, end=last)
     log(f"{kind}: materialized {sum(t.num_rows for t in ds.external.values())} rows and {users} user vectors "
         f"in {time.perf_counter() - t0:.1f} s")
+    return store, cfg, last
+
+
+def bench_store(ds: Dataset, kind: str, repo: Path, redis_address: str | None, batches=BATCHES,
+                min_rows: int = 8192, seed: int = 0, log=print) -> dict:
+    """Per batch size: the model's external inputs for a batch of users through (a) Feast's SDK +
+    the model's shaping and (b) ``OnlineLookup.model_inputs``; ``columns``: the same for the
+    source columns alone (``sdk_lookup`` vs ``OnlineLookup.lookup``)."""
+    # every row of the (historic) dataset online and fresh: SDK and lantern must return the same
+    store, _, last = historic_store(ds, kind, repo, redis_address, log=log)
     lookup = OnlineLookup(store, clock=last.timestamp)
     layouts = registered_layouts(store)
     spec = FeatureSpec.fit(ds.external)  # what a model trained on this data reads

@@ -182,7 +182,7 @@ class OnlineLookup:
         except sqlite3.Error as exc:
             self._conn = None
             raise FeatureStoreUnavailable(f"SQLite online store read failed: {exc}") from exc
-        found = dict(rows)  # unwrapped by vector.decode(wrapped=True)
+        found = dict(rows)  # unwrapped by vector.parse(wrapped=True)
         return [found.get(k) for k in keys]
 
     # ---- Redis ---------------------------------------------------------------------------------
@@ -199,7 +199,7 @@ class OnlineLookup:
         except redis.RedisError as exc:
             self._conn, self._script = None, None
             raise FeatureStoreUnavailable(f"Redis online store unreachable: {exc}") from exc
-        return [r or None for r in replies]  # serialized Values, unwrapped by vector.decode
+        return [r or None for r in replies]  # serialized Values, unwrapped by vector.parse
 
     def _redis_client(self):
         if self._conn is None:

@@ -217,9 +217,3 @@ def to_tables(layouts: list[SourceLayout], p: ParsedBatch) -> dict[str, tuple[pa
             table[col] = _list_array(sizes, values, kind)
         result[x.name] = (pa.table(table), present)
     return result
-
-
-def decode(layouts: list[SourceLayout], vectors: list[bytes | None], now: float = np.inf,
-           ttl_s: dict[str, float] | None = None, wrapped: bool = False) -> dict[str, tuple[pa.Table, np.ndarray]]:
-    """Vectors → per source: its columns and presence (see :func:`parse`)."""
-    return to_tables(layouts, parse(layouts, vectors, now, ttl_s, wrapped))

@@ -77,7 +77,7 @@ def score(
                                                        "$RAY_ADDRESS, else a local Ray).")] = None,
 ):
     """Consume completed sessions, score them in micro-batches, produce scores (at-least-once)."""
-    from ray_jobs.actors import local_scorer_factory, serve_scorer_factory
+    from ray_jobs.scorers import local_scorer_factory, serve_scorer_factory
     from streaming.kafka_io import KafkaScorer
 
     s = settings_for(ctx, kafka=kafka_overrides(bootstrap))

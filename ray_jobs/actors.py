@@ -3,51 +3,18 @@
 Every actor joins the same consumer group, so Kafka spreads the input partitions over them;
 scaling out is more actors across the cluster (up to the partition count). Each actor builds its
 own scorer in its own process — a local model, or a :class:`ray_jobs.serve.ServeScorer` that sends
-its micro-batches to the Serve app — from a picklable factory, so nothing heavy crosses the wire.
+its micro-batches to the Serve app — from a picklable factory (ray_jobs/scorers.py), so nothing
+heavy crosses the wire.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 import ray
 
 from streaming.config import KafkaConfig
 from streaming.kafka_io import KafkaScorer, ScoreStats
-
-
-def local_scorer_factory(model: Path, device_pref: str, features_cfg, use_features: bool,
-                         threshold: float) -> Callable:
-    """A picklable builder of the in-process scorer (runs in this process or in a Ray actor)."""
-    def make():
-        from model.checkpoint import load_model
-        from model.train import resolve_device
-        from streaming.scoring import BatchScorer, InProcessPredictor
-
-        device = resolve_device(device_pref)
-        loaded = load_model(model, device)
-        client = None
-        if use_features:
-            from features.lookup import OnlineLookup
-            from features.store import open_store
-
-            client = OnlineLookup(open_store(features_cfg))
-        version = loaded.meta.get("version", model.name)
-        return BatchScorer(loaded.questionnaire, loaded.features, InProcessPredictor(loaded.model, version, device),
-                           client, threshold)
-    return make
-
-
-def serve_scorer_factory(app_name: str) -> Callable:
-    """A picklable builder of a scorer that sends micro-batches to the running Serve app."""
-    def make():
-        from ray import serve
-
-        from ray_jobs.serve import ServeScorer
-
-        return ServeScorer(serve.get_app_handle(app_name))
-    return make
 
 
 @ray.remote(max_concurrency=2)  # run() holds one thread; stop() gets the other

@@ -11,11 +11,9 @@ import tempfile
 import threading
 import time
 from dataclasses import replace
-from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
-import pyarrow.compute as pc
 import torch
 
 BATCHES = (64, 256, 1024)
@@ -57,20 +55,6 @@ def half_precision_effect(model, hs, device: str = "cpu") -> dict:
             "decisions_flipped": int(((p32 >= 0.5) != (p16 >= 0.5)).sum()), "decisions": int(p32.size)}
 
 
-def _feature_store(root: Path, ds):
-    from features.lookup import materialize_online
-    from features.store import FeatureStoreConfig, apply, open_store
-
-    stamps = [pc.min_max(t.column("event_timestamp")) for t in ds.external.values()]
-    first = min(s["min"].as_py() for s in stamps) - timedelta(days=1)
-    last = max(s["max"].as_py() for s in stamps) + timedelta(days=1)
-    cfg = FeatureStoreConfig(repo=root / "features", ttl_days=10_000)
-    store = open_store(cfg)
-    apply(store, ds, cfg)
-    materialize_online(store, cfg, start=first, end=last)
-    return store, cfg
-
-
 def _rate(fn, batches) -> tuple[float, list[float]]:
     latencies = []
     t0 = time.perf_counter()
@@ -96,6 +80,7 @@ def bench_serve(settings, users: int = 3000, rows: int = 4096, rounds: int = 3, 
     import ray
     from ray import serve
 
+    from features.bench import historic_store
     from features.lookup import OnlineLookup
     from lantern.dataset.simulate import simulate
     from ray_jobs.serve import ServeScorer, deploy, feature_store_options
@@ -111,7 +96,8 @@ def bench_serve(settings, users: int = 3000, rows: int = 4096, rounds: int = 3, 
         half = half_precision_effect(model, prep.test)
         log(f"fp16 autocast vs fp32: F1 {half['f1_fp16']:.5f} vs {half['f1_fp32']:.5f} "
             f"(delta {half['f1_delta']:+.5f}), {half['decisions_flipped']} of {half['decisions']} decisions flipped")
-        store, fcfg = _feature_store(root, ds)
+        # fresh at the wall clock the scorers use
+        store, fcfg, _ = historic_store(ds, "sqlite", root / "features", ttl_days=10_000, log=log)
         loaded = reg.load()
         local = BatchScorer(loaded.questionnaire, loaded.features, InProcessPredictor(loaded.model, "v0001"),
                             OnlineLookup(store))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from lantern.errors import ConfigError
@@ -45,9 +45,6 @@ class ServeConfig:
         """What replicas reconfigure from: batching and the model version (a live update)."""
         return {"max_batch_size": self.max_batch_size, "batch_wait_timeout_s": self.batch_wait_timeout_s,
                 "model_version": model_version}
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "registry": str(self.registry)}
 
 
 @dataclass(frozen=True)

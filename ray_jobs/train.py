@@ -96,13 +96,13 @@ def _train_loop(config: dict) -> None:
 def _report(row: dict, state: dict, core, opt, sched, rank: int) -> None:
     import ray.train
 
+    if rank != 0:  # every rank reports each epoch; only rank 0 writes the checkpoint
+        ray.train.report(row)
+        return
     with tempfile.TemporaryDirectory() as d:
-        if rank == 0:
-            torch.save({**state, "model": core.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict()},
-                       Path(d) / STATE)
-            ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(d))
-        else:
-            ray.train.report(row)
+        torch.save({**state, "model": core.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict()},
+                   Path(d) / STATE)
+        ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(d))
 
 
 def _maybe_fail(config: dict, epoch: int, rank: int) -> None:

@@ -36,7 +36,8 @@ def _vectors(order, wrapped):
 @pytest.mark.parametrize("wrapped", [False, True])
 def test_decode_round_trips_every_column_kind_with_presence(wrapped):
     order = ["c", None, "a", "b", "a"]
-    got = vector.decode(LAYOUTS, _vectors(order, wrapped), NOW, {"profile": 3600, "clicks": 100}, wrapped=wrapped)
+    got = vector.to_tables(LAYOUTS, vector.parse(LAYOUTS, _vectors(order, wrapped), NOW,
+                                                  {"profile": 3600, "clicks": 100}, wrapped=wrapped))
     profile, present = got["profile"]
     assert present.tolist() == [True, False, True, False, True]
     assert profile.to_pylist() == [
@@ -55,7 +56,7 @@ def test_decode_round_trips_every_column_kind_with_presence(wrapped):
 
 
 def test_decode_of_only_unknown_users_is_all_absent():
-    got = vector.decode(LAYOUTS, [None, None], NOW)
+    got = vector.to_tables(LAYOUTS, vector.parse(LAYOUTS, [None, None], NOW))
     assert not got["clicks"][1].any() and got["clicks"][0].num_rows == 2
 
 

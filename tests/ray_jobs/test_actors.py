@@ -9,7 +9,8 @@ import uuid
 
 import pytest
 
-from ray_jobs.actors import local_scorer_factory, run_actors, total
+from ray_jobs.actors import run_actors, total
+from ray_jobs.scorers import local_scorer_factory
 from streaming.broker import launch_broker
 from streaming.events import sessions_to_events
 from streaming.kafka_io import KafkaConfig, ensure_topics, replay
