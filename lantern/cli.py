@@ -1,7 +1,7 @@
 """The `lantern` command: one entry point for every job.
 
 Exit codes: 0 ok, 1 unexpected lantern error, 2 bad flag / setting / path, 3 data breaks the
-contract, 4 model problem. Errors print one line saying what was wrong and what to do.
+contract, 4 model problem, 6 `lantern status` found a component down. Errors print one line saying what was wrong and what to do.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from lantern.cli_common import ConfigOpt, console, out, settings_for
+from lantern.cli_common import BootstrapOpt, ConfigOpt, console, out, settings_for
 from lantern.errors import LanternError
 
 app = typer.Typer(help="lantern — streaming scoring for survey-fusion models.", no_args_is_help=True,
@@ -156,27 +156,51 @@ def bench_quality(
 @app.command()
 def demo(
     ctx: typer.Context,
-    users: Annotated[Optional[int], typer.Option(min=100)] = None,
-    epochs: Annotated[Optional[int], typer.Option(min=1)] = None,
+    users: Annotated[Optional[int], typer.Option(min=100, help="Simulated users (demo.users).")] = None,
+    epochs: Annotated[Optional[int], typer.Option(min=1, help="Epochs, Ray Train and ablation (demo.epochs).")] = None,
+    sessions: Annotated[Optional[int], typer.Option(min=1, help="Latest sessions replayed (demo.sessions).")] = None,
+    rate: Annotated[Optional[float], typer.Option(min=1, help="Completions offered per second (demo.rate).")] = None,
+    bootstrap: BootstrapOpt = None,
 ):
-    """The main job on embedded defaults: simulate → train every variant → evaluate → ablation table."""
-    from lantern.dataset.io import load_dataset, save_dataset
-    from lantern.dataset.simulate import simulate as run_sim
-    from model.ablation import print_table, run_ablation, write_result
+    """The whole system on embedded defaults: broker → simulate → Feast → Ray Train → Ray Serve →
+    replay through Kafka → scores to Kafka and Feast → ablation → reports/demo/."""
+    import os
 
-    s = settings_for(ctx, simulate=dict(users=users), train=dict(epochs=epochs))
-    t0 = time.perf_counter()
-    console.rule("1/3 simulate")
-    save_dataset(run_sim(s.simulate), s.paths.data)
-    ds = load_dataset(s.paths.data)
-    console.print(f"{ds.sessions.num_rows} sessions, {ds.questionnaire.n_keys} response keys → {s.paths.data}")
-    console.rule("2/3 train and evaluate every variant")
-    result = run_ablation(ds, s.train, log=console.print)
-    console.rule("3/3 results")
-    path = s.paths.reports / "demo" / "bench_quality.json"
-    write_result(result, path)
-    print_table(result, out)
-    out.print(f"demo done in {time.perf_counter() - t0:.0f} s; results in {path}")
+    from lantern.demo import run_demo
+
+    s = settings_for(ctx, demo=dict(users=users, epochs=epochs, sessions=sessions, rate=rate))
+    run_demo(s, bootstrap or os.environ.get("KAFKA_BOOTSTRAP"))
+
+
+@app.command()
+def status(
+    ctx: typer.Context,
+    bootstrap: BootstrapOpt = None,
+    registry: Annotated[Optional[Path], typer.Option("--registry", help="Registry directory (serve.registry).")] = None,
+    ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster (default: $RAY_ADDRESS, "
+                                                       "else a running local one).")] = None,
+):
+    """Broker, topics and consumer lag; Feast store; model registry; Ray Serve app and served version.
+    Exit code 6 when any of them is down or missing."""
+    from rich.table import Table
+
+    from lantern.cli_common import kafka_overrides, resolve_ray_address
+    from lantern.status import feast_status, kafka_status, registry_status, serve_status
+
+    s = settings_for(ctx, kafka=kafka_overrides(bootstrap), serve=dict(registry=registry))
+    sections = {"Kafka": kafka_status(s.kafka), "Feast": feast_status(s.features),
+                "registry": registry_status(s.serve.registry),
+                "Ray Serve": serve_status(resolve_ray_address(ray_address), s.serve.app_name)}
+    table = Table(title="lantern status", show_lines=False)
+    for col in ("component", "state", "what", "detail"):
+        table.add_column(col, overflow="fold")
+    for name, sec in sections.items():
+        table.add_row(f"[bold]{name}[/bold]", "[green]ok[/green]" if sec["ok"] else "[red]down[/red]", "", sec["detail"])
+        for kind, what, detail in sec["rows"]:
+            table.add_row("", kind, what, detail)
+    out.print(table)
+    if not all(sec["ok"] for sec in sections.values()):
+        raise typer.Exit(6)
 
 
 def _register() -> None:
@@ -189,6 +213,7 @@ def _register() -> None:
     for command in (cli_streaming.broker, cli_streaming.replay, cli_streaming.score, cli_streaming.archive,
                     cli_ray.register, cli_ray.promote, cli_ray.rollback):
         app.command()(command)
+    app.command("sink-scores")(cli_streaming.sink_scores)
     app.command("serve")(cli_ray.serve_cmd)
     app.command("retrain")(cli_ray.retrain_cmd)
     bench_app.command("serve")(cli_ray.bench_serve_cmd)

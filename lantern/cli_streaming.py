@@ -135,3 +135,20 @@ def archive(
     out.print(f"archived {archived} sessions to {out_dir}; skipped {skipped} invalid events (see the DLQ)")
 
 
+
+
+def sink_scores(
+    ctx: typer.Context,
+    bootstrap: BootstrapOpt = None,
+    max_events: Annotated[Optional[int], typer.Option(min=1)] = None,
+    idle_exit: Annotated[Optional[float], typer.Option(help="Stop after this many idle seconds.")] = None,
+):
+    """Write the scores topic back to Feast's online `lantern_scores` view (latest score per user)."""
+    from features.store import open_store
+    from streaming.kafka_io import Stopper
+    from streaming.score_sink import run_score_sink
+
+    s = settings_for(ctx, kafka=kafka_overrides(bootstrap))
+    n = run_score_sink(s.kafka, open_store(s.features), Stopper(), max_events=max_events, idle_exit_s=idle_exit,
+                       log=console.print)
+    out.print(f"wrote {n} scores from {s.kafka.scores_topic} to the {s.features.online} online store")

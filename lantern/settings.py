@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from features.config import FeatureStoreConfig
@@ -31,6 +31,20 @@ class Paths(BaseModel):
     reports: Path = Path("reports")
 
 
+class DemoConfig(BaseModel):
+    """`lantern demo`: the sizes of the end-to-end run."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    users: int = Field(35_000, ge=100)
+    epochs: int = Field(6, ge=1)  # Ray Train and every ablation variant alike
+    sessions: int = Field(20_000, ge=1)  # the latest completions replayed through Kafka
+    rate: float = Field(800.0, gt=0)  # completion events per second offered to the stream
+    bad_events: int = Field(100, ge=0)  # broken events mixed in: each must reach the DLQ
+    consumers: int = Field(1, ge=1)  # StreamConsumer replicas (≤ kafka.partitions)
+    threshold: float = Field(0.5, ge=0, le=1)
+    feature_ttl_days: float = Field(365.0, gt=0)  # the simulated external rows are up to ~6 months old
+
+
 class LanternSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LANTERN_", env_nested_delimiter="__", frozen=True,
                                       extra="forbid")
@@ -42,6 +56,7 @@ class LanternSettings(BaseSettings):
     kafka: KafkaConfig = KafkaConfig()
     serve: ServeConfig = ServeConfig()
     retrain: RetrainConfig = RetrainConfig()
+    demo: DemoConfig = DemoConfig()
     threads: int = 0  # torch intra-op threads; 0 = one per core
 
     @classmethod

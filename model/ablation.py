@@ -13,7 +13,7 @@ from rich.table import Table
 from lantern.dataset.io import Dataset
 from model.evaluate import evaluate
 from model.lantern import VARIANTS
-from model.train import TrainConfig, fit, prepare
+from model.train import Prepared, TrainConfig, fit, prepare
 
 ABLATION = VARIANTS + ("logistic",)
 PAPER_F1 = {"survey_only": 0.734, "external_only": 0.545, "lantern": 0.775}
@@ -21,16 +21,30 @@ PAPER_F1 = {"survey_only": 0.734, "external_only": 0.545, "lantern": 0.775}
 
 def run_ablation(ds: Dataset, tc: TrainConfig, variants=ABLATION, progress: bool = True, log=print) -> dict:
     t0 = time.perf_counter()
-    prep = prepare(ds, tc)
+    result = ablate(prepare(ds, tc), ds, tc, variants, progress=progress, log=log)
+    result["seconds"] = time.perf_counter() - t0
+    return result
+
+
+def ablate(prep: Prepared, ds: Dataset, tc: TrainConfig, variants=ABLATION, trained: dict | None = None,
+           progress: bool = True, log=print) -> dict:
+    """Every variant on one prepared split. ``trained``: variant → (model, training history) already
+    fitted on this split elsewhere (e.g. by Ray Train); only the others are fitted here."""
+    t0 = time.perf_counter()
     names = [s.name for s in prep.features.sources]
+    trained = trained or {}
     results = {}
     for variant in variants:
-        model, history = fit(prep, replace(tc, variant=variant), progress=progress)
+        if variant in trained:
+            model, history = trained[variant]
+        else:
+            model, history = fit(prep, replace(tc, variant=variant), progress=progress)
         report = evaluate(model, prep.test, ds.questionnaire, prep.rare, names)
         report["training"] = history
         results[variant] = report
         log(f"{variant:>14}: F1 {report['micro']['f1']:.4f}  rare {report['rare']['f1']:.4f}  "
-            f"({history['seconds']:.0f} s, {len(history['history'])} epochs)")
+            f"({history['seconds']:.0f} s, {len(history['history'])} epochs"
+            f"{', ' + history['trainer'] if 'trainer' in history else ''})")
     return {
         "dataset": {"sessions": ds.sessions.num_rows, "questions": len(ds.questionnaire.questions),
                     "response_keys": ds.questionnaire.n_keys, "sources": names,

@@ -116,6 +116,10 @@ class LanternScorer:
             return Response(result.scores[0][1], media_type="application/json")
         return JSONResponse({"error": "not_found", "reason": "routes: POST /score, GET /healthz"}, status_code=404)
 
+    def info(self) -> dict:
+        """What `lantern status` shows: the served version and the device."""
+        return {"model_version": self.served.version, "device": str(self.device)}
+
     def check_health(self) -> None:
         if self.served is None:
             raise RuntimeError("no model loaded")
@@ -136,6 +140,27 @@ def build_app(cfg: ServeConfig, model_version: str | None = None, features: dict
     # an absolute registry path: replicas may run with another working directory
     return deployment.bind(str(Path(cfg.registry).resolve()), version, cfg.device, cfg.half, features, threshold,
                            max(1, int(cfg.num_cpus)))
+
+
+def app_builder(args: dict):
+    """Serve config entry point (``import_path: ray_jobs.serve:app_builder``, e.g. a KubeRay
+    RayService): ``args`` holds ServeConfig fields, plus ``features`` (FeatureStoreConfig fields;
+    absent = no external context) and ``threshold``. Unknown keys are an error."""
+    from dataclasses import fields
+
+    from features.config import FeatureStoreConfig
+    from lantern.errors import ConfigError
+
+    args = dict(args)
+    features, threshold = args.pop("features", None), float(args.pop("threshold", 0.5))
+    known = {f.name for f in fields(ServeConfig)}
+    unknown = sorted(set(args) - known)
+    if unknown:
+        raise ConfigError(f"unknown serve settings {unknown}; known: {sorted(known)}")
+    cfg = ServeConfig(**args)
+    if features is not None:
+        features = feature_store_options(FeatureStoreConfig(**features))
+    return build_app(cfg, features=features, threshold=threshold)
 
 
 def deploy(cfg: ServeConfig, model_version: str | None = None, features: dict | None = None,

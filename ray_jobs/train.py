@@ -137,8 +137,9 @@ def _check_resources(rc: RetrainConfig, log) -> None:
         log(f"waiting for {need:g} {kind}: {free:g} free now (other Ray work holds the rest)")
 
 
-def retrain(ds, tc: TrainConfig, rc: RetrainConfig, sources=None, log=print) -> RetrainResult:
-    """Prepare on the driver, train on ``rc.num_workers`` Ray Train workers; the best epoch's model."""
+def retrain(ds, tc: TrainConfig, rc: RetrainConfig, sources=None, log=print, progress: bool = False) -> RetrainResult:
+    """Prepare on the driver, train on ``rc.num_workers`` Ray Train workers; the best epoch's model.
+    ``progress``: a bar in the driver that moves as the workers report epochs."""
     import ray
     import ray.data
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -150,6 +151,7 @@ def retrain(ds, tc: TrainConfig, rc: RetrainConfig, sources=None, log=print) -> 
     from ray_jobs.encoded import shapes, write_encoded
 
     _check_resources(rc, log)
+    feed = _EpochFeed.create() if progress else None
     t0 = time.perf_counter()
     prep = prepare(ds, tc, sources=sources)
     train = prep.data.take(prep.train_idx)
@@ -169,18 +171,72 @@ def retrain(ds, tc: TrainConfig, rc: RetrainConfig, sources=None, log=print) -> 
                                      resources_per_worker={"CPU": rc.cpus_per_worker}),
         run_config=RunConfig(name=rc.run_name, storage_path=str(storage),
                              failure_config=FailureConfig(max_failures=rc.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2),
+                             callbacks=[feed.callback()] if feed else None),
         # read before the workers hold the CPUs: on a small cluster the read tasks would wait forever
         datasets={"train": ray.data.read_parquet(str(encoded)).materialize()},
     )
     log(f"training {tc.variant}-{tc.preset} on {rc.num_workers} workers × {rows} sessions")
-    result = trainer.fit()
+    result = _fit_with_progress(trainer, tc.epochs, feed) if progress else trainer.fit()
     with result.checkpoint.as_directory() as d:
         saved = torch.load(Path(d) / STATE, map_location="cpu", weights_only=False)
     model = build_model(cfg)
     model.load_state_dict(saved["best_state"])
     model.eval()
     return RetrainResult(model, prep, saved["history"], saved["best_f1"], time.perf_counter() - t0)
+
+
+class _EpochFeed:
+    """Epoch reports from the Ray Train controller to the driver's progress bar, via a Ray queue."""
+
+    def __init__(self, queue):
+        self.queue = queue
+
+    @classmethod
+    def create(cls) -> "_EpochFeed":
+        from ray.util.queue import Queue
+
+        return cls(Queue(actor_options={"num_cpus": 0}))
+
+    def callback(self):
+        from ray.train import UserCallback
+
+        queue = self.queue
+
+        class ReportEpochs(UserCallback):  # runs in the controller process
+            def after_report(self, run_context, metrics, checkpoint):
+                queue.put(metrics[0])
+
+        return ReportEpochs()
+
+
+def _fit_with_progress(trainer, epochs: int, feed: _EpochFeed):
+    import threading
+    from queue import Empty
+
+    from tqdm.auto import tqdm
+
+    outcome: dict = {}
+
+    def fit() -> None:
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as exc:  # re-raised in the driver's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=fit, name="ray-train-fit", daemon=True)  # daemon: Ctrl-C never waits on it
+    thread.start()
+    with tqdm(total=epochs, desc="ray train", unit="epoch") as bar:
+        while thread.is_alive() or not feed.queue.empty():
+            try:
+                row = feed.queue.get(timeout=1.0)
+            except Empty:
+                continue
+            bar.n = row["epoch"]
+            bar.set_postfix(loss=f"{row['loss']:.4f}", val_f1=f"{row['val_f1']:.4f}")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
 
 
 def data_window(sessions) -> dict:

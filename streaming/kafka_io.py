@@ -8,6 +8,7 @@ outputs are acknowledged, so a crash re-delivers at most the batch in flight.
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,8 +42,9 @@ def ensure_topics(cfg: KafkaConfig) -> None:
 
 
 def replay(cfg: KafkaConfig, events: list[tuple[bytes, bytes]], rate: float | None = None,
-           progress: bool = True) -> int:
-    """Produce ``events`` to the input topic at ``rate`` events/s (None = as fast as possible)."""
+           progress: bool = True, sent_ms: list[int] | None = None) -> int:
+    """Produce ``events`` to the input topic at ``rate`` events/s (None = as fast as possible).
+    Each record's timestamp is its send time; with ``sent_ms`` given, those are appended to it."""
     ensure_topics(cfg)
     producer = KafkaProducer(acks="all", linger_ms=5, **cfg.client_options())
     t0 = time.perf_counter()
@@ -52,7 +54,10 @@ def replay(cfg: KafkaConfig, events: list[tuple[bytes, bytes]], rate: float | No
                 ahead = t0 + i / rate - time.perf_counter()
                 if ahead > 0:
                     time.sleep(ahead)
-            producer.send(cfg.input_topic, key=key, value=value)
+            now_ms = time.time_ns() // 1_000_000
+            producer.send(cfg.input_topic, key=key, value=value, timestamp_ms=now_ms)
+            if sent_ms is not None:
+                sent_ms.append(now_ms)
         producer.flush()
     finally:
         producer.close()
@@ -73,8 +78,8 @@ class _CommitOnRevoke(ConsumerRebalanceListener):
     """Every batch is committed before the next poll, so a revocation finds nothing pending;
     it is logged so rebalances are visible."""
 
-    def __init__(self, log):
-        self.log = log
+    def __init__(self, log, on_assigned: Callable[[], None] | None = None):
+        self.log, self.on_assigned = log, on_assigned
 
     def on_partitions_revoked(self, revoked):
         if revoked:
@@ -83,6 +88,8 @@ class _CommitOnRevoke(ConsumerRebalanceListener):
     def on_partitions_assigned(self, assigned):
         if assigned:
             self.log(f"partitions assigned: {sorted(tp.partition for tp in assigned)}")
+            if self.on_assigned is not None:
+                self.on_assigned()
 
 
 class Stopper:
@@ -96,13 +103,14 @@ class Stopper:
 
 
 def consume_loop(cfg: KafkaConfig, group_id: str, handle: Callable[[list[Record]], None], stopper: Stopper,
-                 max_events: int | None = None, idle_exit_s: float | None = None, log=lambda msg: None) -> int:
-    """Poll → ``handle(records)`` (which must leave its outputs durable) → commit exactly those
-    offsets. Returns the number of records consumed."""
+                 max_events: int | None = None, idle_exit_s: float | None = None, log=lambda msg: None,
+                 topic: str | None = None, on_assigned: Callable[[], None] | None = None) -> int:
+    """Poll ``topic`` (default: the input topic) → ``handle(records)`` (which must leave its
+    outputs durable) → commit exactly those offsets. Returns the number of records consumed."""
     ensure_topics(cfg)
     consumer = KafkaConsumer(group_id=group_id, enable_auto_commit=False, auto_offset_reset="earliest",
                              max_poll_records=cfg.max_poll_records, **FAST_GROUP, **cfg.client_options())
-    consumer.subscribe([cfg.input_topic], listener=_CommitOnRevoke(log))
+    consumer.subscribe([topic or cfg.input_topic], listener=_CommitOnRevoke(log, on_assigned))
     previous = signal.signal(signal.SIGTERM, stopper.stop) if _main_thread() else None
     consumed, idle_since = 0, time.monotonic()
     try:
@@ -112,7 +120,7 @@ def consume_loop(cfg: KafkaConfig, group_id: str, handle: Callable[[list[Record]
                 if idle_exit_s is not None and time.monotonic() - idle_since > idle_exit_s:
                     break
                 continue
-            records = [Record(tp.topic, tp.partition, m.offset, m.key, m.value)
+            records = [Record(tp.topic, tp.partition, m.offset, m.key, m.value, m.timestamp)
                        for tp, msgs in polled.items() for m in msgs]
             handle(records)
             consumer.commit({TopicPartition(tp.topic, tp.partition): OffsetAndMetadata(msgs[-1].offset + 1, "", -1)
@@ -133,6 +141,7 @@ class KafkaScorer(Stopper):
                  idle_exit_s: float | None = None, log=lambda msg: None):
         super().__init__()
         self.scorer, self.cfg, self.max_events, self.idle_exit_s, self.log = scorer, cfg, max_events, idle_exit_s, log
+        self.assigned = threading.Event()  # set once the group gave this consumer partitions
 
     def _produce(self, producer: KafkaProducer, records: list[Record], result) -> None:
         for key, value in result.scores:
@@ -158,13 +167,11 @@ class KafkaScorer(Stopper):
 
         try:
             stats.consumed = consume_loop(self.cfg, self.cfg.group_id, handle, self, self.max_events,
-                                          self.idle_exit_s, self.log)
+                                          self.idle_exit_s, self.log, on_assigned=self.assigned.set)
         finally:
             producer.close()
         return stats
 
 
 def _main_thread() -> bool:
-    import threading
-
     return threading.current_thread() is threading.main_thread()

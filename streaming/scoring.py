@@ -36,6 +36,7 @@ class Record:
     offset: int
     key: bytes | None
     value: bytes
+    timestamp_ms: int = -1  # the broker record's timestamp (CreateTime: when it was produced)
 
 
 class FeatureClient(Protocol):

@@ -29,8 +29,7 @@ N_CORE = 6
 DOMAINS = ("pets", "investing", "travel", "gaming", "parenting")
 SUBTYPES = 4
 GENERIC_CATEGORIES = 20
-START = np.datetime64("2026-01-01T00:00:00", "us")
-SPAN_S = 180 * 86400
+SPAN_S = 180 * 86400  # first sessions over the first half, repeat sessions 7–60 days after
 
 
 @dataclass(frozen=True)
@@ -43,6 +42,15 @@ class SimConfig:
     fatigue: float = 1.0  # scales the early-stop hazard
     skip_rate: float = 0.03  # a presented question left unanswered
     repeat_rate: float = 0.1  # users with a second session
+    start: str = "2026-01-01"  # ISO date of the first completions; external rows are 1–30 days older
+
+    def __post_init__(self):
+        from datetime import date
+
+        try:
+            date.fromisoformat(self.start)
+        except ValueError:
+            raise ValueError(f"start must be an ISO date like 2026-01-01, got {self.start!r}") from None
 
 
 @dataclass
@@ -302,7 +310,7 @@ def simulate(cfg: SimConfig) -> Dataset:
     respondent = np.concatenate([np.arange(cfg.users), repeat])  # user index of every session
     survey = _survey(rng, items, lat, respondent, cfg)
     user_ids = np.array([f"u{i:06d}" for i in range(cfg.users)])
-    first = START + (rng.uniform(0, SPAN_S / 2, cfg.users) * 1e6).astype("timedelta64[us]")
+    first = np.datetime64(cfg.start, "us") + (rng.uniform(0, SPAN_S / 2, cfg.users) * 1e6).astype("timedelta64[us]")
     later = first[repeat] + (rng.uniform(7, 60, len(repeat)) * 86400e6).astype("timedelta64[us]")
     sessions = pa.table(
         {

@@ -1,0 +1,225 @@
+"""`make demo` / `lantern demo`: the whole system, end to end, on one machine.
+
+embedded broker → simulate → Feast apply + materialize (SQLite) → Feast point-in-time training
+set → Ray Train (LANTERN, ``retrain.num_workers`` CPU workers) → registry (register + promote) →
+Ray Serve (``LanternScorer`` + ``StreamConsumer`` apps) → replay completed sessions (with a few
+broken ones) through Kafka → scores to the scores topic and, through the score sink, to Feast →
+the quality ablation on the same split → ``reports/demo/`` (summary.md, demo.json, plots).
+
+Everything it starts — broker, Ray (and with it Serve and the consumers), the sink thread — is
+stopped on the way out, also on Ctrl-C. Its working state lives under ``reports/demo/`` (Feast repo,
+model registry, Ray Train storage) and is replaced on every run; the dataset goes to ``paths.data``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+import warnings
+from contextlib import ExitStack
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
+
+from lantern.cli_common import console
+from lantern.settings import LanternSettings
+
+
+class Steps:
+    """Numbered step headings and how long each took."""
+
+    def __init__(self, total: int):
+        self.total, self.n, self.seconds, self._name, self._t = total, 0, {}, None, 0.0
+
+    def __call__(self, name: str) -> None:
+        self.done()
+        self.n += 1
+        self._name, self._t = name, time.perf_counter()
+        console.rule(f"{self.n}/{self.total} {name}")
+
+    def done(self) -> None:
+        if self._name is not None:
+            self.seconds[self._name] = time.perf_counter() - self._t
+            self._name = None
+
+
+def demo_settings(s: LanternSettings) -> LanternSettings:
+    """The demo's own registry and Ray Train storage under reports/demo/, epochs and users from ``s.demo``."""
+    root = s.paths.reports / "demo"
+    # The simulated timeline ends today, so replayed completions are recent; each user's external
+    # rows are one snapshot from before their first survey (up to ~6 months back), so the demo
+    # keeps them for demo.feature_ttl_days rather than the 90-day default.
+    start = (datetime.now(timezone.utc).date() - timedelta(days=150)).isoformat()
+    return s.model_copy(update={
+        "simulate": replace(s.simulate, users=s.demo.users, start=start),
+        "features": replace(s.features, repo=root / "feast", ttl_days=s.demo.feature_ttl_days),
+        "train": replace(s.train, epochs=s.demo.epochs),
+        "serve": replace(s.serve, registry=root / "registry"),
+        "retrain": replace(s.retrain, storage=root / "ray_train", run_name="demo"),
+    })
+
+
+def run_demo(settings: LanternSettings, bootstrap: str | None) -> dict:
+    import feast  # noqa: F401 - imported first: Feast resets the DeprecationWarning filter on import
+
+    warnings.filterwarnings("ignore", category=DeprecationWarning)  # libraries' notices, not the demo's
+    s = demo_settings(settings)
+    root = s.paths.reports / "demo"
+    shutil.rmtree(root, ignore_errors=True)  # a fresh run: registry, checkpoints, report
+    root.mkdir(parents=True)
+    steps = Steps(7)
+    t0 = time.perf_counter()
+    with ExitStack() as stack:
+        from streaming.broker import launch_broker
+
+        steps("broker")
+        broker = stack.enter_context(launch_broker(bootstrap))
+        kafka = replace(s.kafka, bootstrap=broker.bootstrap)
+        console.print(f"{broker.kind} broker at {broker.bootstrap}")
+
+        steps("simulate")
+        ds = _simulate(s)
+
+        steps("feature store")
+        store = _features(s, ds)
+
+        steps("train with Ray Train")
+        _start_ray(stack)
+        trained, result = _train(s, ds, store)
+
+        steps("deploy on Ray Serve")
+        _serve(s)
+
+        steps("stream: replay → score → Kafka + Feast")
+        streamed = _stream(s, kafka, ds, store)
+
+        steps("quality ablation")
+        from model.ablation import ABLATION, ablate
+
+        _stop_ray()  # frees the CPUs for the single-process fits
+        ablation = ablate(result.prepared, ds, s.train, ABLATION, trained={"lantern": trained}, log=console.print)
+
+        steps.done()
+        console.rule("report")
+        from lantern.report import print_summary, write_report
+
+        summary = _summary(s, broker, ds, result, streamed, ablation, steps.seconds, time.perf_counter() - t0)
+        paths = write_report(root, summary, ablation, streamed)
+        print_summary(summary, ablation)
+        console.print(f"report: {', '.join(str(p) for p in paths)}")
+    return summary
+
+
+def _simulate(s: LanternSettings):
+    from lantern.dataset.io import load_dataset, save_dataset
+    from lantern.dataset.simulate import simulate
+
+    save_dataset(simulate(s.simulate), s.paths.data)
+    ds = load_dataset(s.paths.data)
+    console.print(f"{s.simulate.users} users, {ds.sessions.num_rows} sessions, {ds.questionnaire.n_keys} "
+                  f"response keys, sources {', '.join(sorted(ds.external))} → {s.paths.data}")
+    return ds
+
+
+def _features(s: LanternSettings, ds):
+    from features.lookup import materialize_online
+    from features.store import apply, open_store
+
+    store = open_store(s.features)
+    layouts = apply(store, ds, s.features)
+    users = materialize_online(store, s.features)
+    console.print(f"applied {len(layouts)} source views + FeatureService lantern_v1 to {s.features.repo}; "
+                  f"materialized into {s.features.online}, {users} user vectors online")
+    return store
+
+
+def _start_ray(stack: ExitStack) -> None:
+    import ray
+
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    stack.callback(_stop_ray)
+    _quiet_ray()
+
+
+def _quiet_ray() -> None:
+    """The demo's own lines and bars say what Ray is doing."""
+    for name in ("ray", "ray.data", "ray.serve", "ray.train"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _stop_ray() -> None:
+    """The local Ray cluster, and with it Serve's controller and replicas (the consumers app is
+    deleted gracefully by the stream step before this); safe to call twice."""
+    import ray
+
+    ray.shutdown()
+
+
+def _train(s: LanternSettings, ds, store):
+    """Feast point-in-time training set → Ray Train → register → promote. Returns the model with its
+    history (for the ablation) and the RetrainResult (its prepared split)."""
+    from features.store import registered_layouts, split_training_set, training_set
+    from model.checkpoint import save_model
+    from model.evaluate import predict
+    from model.metrics import prf
+    from ray_jobs.registry import Registry
+    from ray_jobs.train import data_window, retrain
+
+    t = time.perf_counter()
+    sources = split_training_set(training_set(store, ds.sessions), registered_layouts(store))
+    console.print(f"Feast point-in-time training set: {ds.sessions.num_rows} sessions in {time.perf_counter() - t:.0f} s")
+    result = retrain(ds, s.train, s.retrain, sources=sources, log=console.print, progress=True)
+    prep = result.prepared
+    test_f1 = prf(predict(result.model, prep.test), prep.test.y, prep.test.loss_mask)["f1"]
+    path = save_model(s.retrain.storage / "model", result.model, prep.features, ds.questionnaire,
+                      {"training": {"history": result.history, "best_val_f1": result.best_val_f1,
+                                    "workers": s.retrain.num_workers}})
+    registry = Registry(s.serve.registry)
+    info = registry.register(path, {"val_f1": result.best_val_f1, "test_f1": test_f1}, data_window(ds.sessions))
+    decision = registry.promote(info.version, s.serve.promote_metric, s.serve.promote_min_gain)
+    console.print(f"{info.version}: val F1 {result.best_val_f1:.4f}, test F1 {test_f1:.4f}, "
+                  f"{len(result.history)} epochs in {result.seconds:.0f} s on {s.retrain.num_workers} workers; "
+                  f"{'promoted' if decision.accepted else 'not promoted'} ({decision.reason})")
+    history = {"history": result.history, "best_val_f1": result.best_val_f1, "seconds": result.seconds,
+               "trainer": f"Ray Train, {s.retrain.num_workers} workers"}
+    return (result.model, history), result
+
+
+def _serve(s: LanternSettings) -> None:
+    from ray_jobs.serve import deploy, feature_store_options
+
+    deploy(s.serve, features=feature_store_options(s.features), threshold=s.demo.threshold, http=False)
+    _quiet_ray()  # Serve sets its own logger up when it starts
+    console.print(f"Serve app {s.serve.app_name!r}: champion from {s.serve.registry}, "
+                  f"{s.serve.min_replicas}–{s.serve.max_replicas} replicas")
+
+
+def _stream(s: LanternSettings, kafka, ds, store):
+    import pyarrow.compute as pc
+
+    from lantern.demo_stream import check_feast, stream, with_bad_events
+    from streaming.events import sessions_to_events
+
+    sessions = ds.sessions.take(pc.sort_indices(ds.sessions, [("completed_at", "ascending")]))
+    sessions = sessions.slice(max(0, sessions.num_rows - s.demo.sessions))  # the latest completions
+    events, ids = with_bad_events(sessions_to_events(sessions), s.demo.bad_events, s.simulate.seed)
+    console.print(f"replaying {sessions.num_rows} sessions + {s.demo.bad_events} broken events at "
+                  f"{s.demo.rate:g}/s to {kafka.input_topic}")
+    result = stream(kafka, events, ids, store, s.demo.consumers, s.serve.app_name, s.demo.rate)
+    result.feast_check = check_feast(store, result.scored)
+    return result
+
+
+def _summary(s, broker, ds, result, streamed, ablation, step_seconds, total_s) -> dict:
+    return {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+        "machine": f"{os.cpu_count()} cores, CPU only",
+        "broker": broker.kind, "users": s.simulate.users, "sessions": ds.sessions.num_rows,
+        "response_keys": ds.questionnaire.n_keys,
+        "training": {"trainer": f"Ray Train, {s.retrain.num_workers} workers", "epochs": len(result.history),
+                     "best_val_f1": result.best_val_f1, "seconds": result.seconds},
+        "stream": streamed.summary(), "replay_rate_per_s": s.demo.rate,
+        "steps_s": step_seconds, "total_s": total_s,
+        "ablation_epochs": s.train.epochs,
+    }

@@ -1,0 +1,104 @@
+"""`lantern demo` end to end at a small size, in a child process like `make demo`: every step runs,
+the printed figures are the report's, nothing is lost, and nothing outlives it (also on Ctrl-C)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+pytestmark = pytest.mark.slow
+
+SERVERS = re.compile(r"tansu|raylet|gcs_server|ray::|plasma_store|dashboard")
+BAD = 12
+
+
+def servers() -> set[int]:
+    found = set()
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if SERVERS.search(" ".join(p.info["cmdline"] or [])):
+                found.add(p.pid)
+        except psutil.Error:
+            continue
+    return found
+
+
+def assert_nothing_left(before: set[int], timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while (left := servers() - before) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    described = []
+    for pid in left:
+        try:
+            described.append(" ".join(psutil.Process(pid).cmdline())[:120])
+        except psutil.Error:
+            continue
+    assert not described, f"processes outlived the demo: {described}"
+
+
+def demo_env(tmp_path: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP"}  # the demo starts its own broker
+    env.update(LANTERN_PATHS__DATA=str(tmp_path / "data"), LANTERN_PATHS__REPORTS=str(tmp_path / "reports"),
+               LANTERN_FEATURES__REPO=str(tmp_path / "feast"), LANTERN_DEMO__BAD_EVENTS=str(BAD),
+               LANTERN_DEMO__USERS="1200", LANTERN_DEMO__EPOCHS="1", LANTERN_DEMO__SESSIONS="600",
+               LANTERN_DEMO__RATE="300", COLUMNS="200")
+    return env
+
+
+def test_demo_runs_every_step_and_prints_what_it_reports(tmp_path):
+    before = servers()
+    run = subprocess.run([sys.executable, "-m", "lantern.cli", "demo"], env=demo_env(tmp_path),
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert_nothing_left(before)
+
+    root = tmp_path / "reports" / "demo"
+    summary = json.loads((root / "demo.json").read_text())["summary"]
+    stream = summary["stream"]
+    assert stream["sessions_replayed"] == 600 + BAD and stream["bad_events_sent"] == BAD
+    assert stream["sessions_scored"] == 600  # every valid session scored once
+    assert stream["dead_lettered"] == BAD  # every broken one dead-lettered, with its reason
+    assert set(stream["dlq_reasons"]) <= {"bad_json", "unknown_question", "wrong_types", "missing_field"}
+    assert stream["feast"]["sample_matches"] == stream["feast"]["sampled"] > 0  # scores readable from Feast
+    assert 0 < stream["latency_p50_ms"] <= stream["latency_p99_ms"]
+    assert stream["with_external_context"] > stream["sessions_scored"] / 2  # features were found online
+
+    from lantern.report import PLOTS, headline
+
+    markdown = (root / "summary.md").read_text()
+    for label, value in headline(summary):
+        assert f"{label:>30}: {value}" in run.stdout  # printed …
+        assert f"| {label} | {value} |" in markdown  # … and the same in the report
+    for name in PLOTS:
+        assert (root / name).stat().st_size > 5000, name
+    ablation = json.loads((root / "demo.json").read_text())["ablation"]
+    assert set(ablation["variants"]) == {"survey_only", "external_only", "early_fusion", "lantern", "logistic"}
+    assert ablation["variants"]["lantern"]["training"]["trainer"].startswith("Ray Train")
+
+
+def test_ctrl_c_leaves_no_process_behind(tmp_path):
+    before = servers()
+    proc = subprocess.Popen([sys.executable, "-m", "lantern.cli", "demo"], env=demo_env(tmp_path),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in proc.stdout:  # interrupt once Ray and the broker are both up
+            if "train with Ray Train" in line:
+                break
+        time.sleep(8)
+        assert proc.poll() is None, "the demo ended before it could be interrupted"
+        proc.send_signal(signal.SIGINT)
+        rest = proc.communicate(timeout=120)[0]
+        assert proc.returncode == 130, rest[-2000:]  # the CLI's exit code for an interrupt
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert_nothing_left(before)

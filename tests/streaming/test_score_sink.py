@@ -1,0 +1,72 @@
+"""The score sink on a real broker: scores topic → Feast online store, latest score per user,
+offsets committed only after the push (a rerun of the group reads nothing new)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pytest
+from kafka import KafkaProducer
+
+from features.store import latest_scores
+from streaming.broker import launch_broker
+from streaming.events import SessionEvent, score_bytes
+from streaming.kafka_io import KafkaConfig, Stopper
+from streaming.score_sink import latest_per_user, run_score_sink, score_frame
+from streaming.scoring import Record
+from tests.features.conftest import recent_ds, sqlite_store  # noqa: F401  (shared fixtures)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def broker():
+    with launch_broker(os.environ.get("KAFKA_BOOTSTRAP")) as b:
+        yield b
+
+
+def scores(q, rows: list[tuple[str, str, float]], t0: datetime) -> list[tuple[bytes, bytes]]:
+    """(user, session, probability of every key) → score records, scored one minute apart."""
+    out = []
+    for i, (user, session, p) in enumerate(rows):
+        event = SessionEvent(session, user, t0, ())
+        out.append((user.encode(), score_bytes(event, np.full(q.n_keys, p, np.float32), q, "v0007", 0.5, [], 0.3,
+                                               t0 + timedelta(minutes=i))))
+    return out
+
+
+def test_score_frame_decodes_and_keeps_each_users_last_row(recent_ds):  # noqa: F811
+    q = recent_ds.questionnaire
+    t0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
+    records = [Record("s", 0, i, k, v, 1000 + i) for i, (k, v) in
+               enumerate(scores(q, [("u1", "a", 0.2), ("u2", "b", 0.7), ("u1", "c", 0.9)], t0))]
+    frame = score_frame(records)
+    assert list(frame["produced_ms"]) == [1000, 1001, 1002]
+    assert frame.loc[1, "predicted_keys"] == list(q.response_keys)  # 0.7 ≥ 0.5 on every key
+    latest = latest_per_user(frame)
+    assert dict(zip(latest["user_id"], latest["session_id"])) == {"u1": "c", "u2": "b"}
+
+
+def test_scores_topic_lands_in_the_online_store_latest_per_user(broker, sqlite_store, recent_ds):  # noqa: F811
+    store, _ = sqlite_store
+    tag = uuid.uuid4().hex[:8]
+    cfg = KafkaConfig(bootstrap=broker.bootstrap, input_topic=f"in-{tag}", scores_topic=f"scores-{tag}",
+                      dlq_topic=f"dlq-{tag}", max_poll_records=2)
+    users = [f"sink-{tag}-{i}" for i in range(5)]
+    rows = [(u, f"{u}-s1", 0.1) for u in users] + [(users[0], f"{users[0]}-s2", 0.8)]
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap)
+    for key, value in scores(recent_ds.questionnaire, rows, datetime.now(timezone.utc) - timedelta(hours=1)):
+        producer.send(cfg.scores_topic, key=key, value=value)
+    producer.flush()
+    producer.close()
+
+    seen = []
+    assert run_score_sink(cfg, store, Stopper(), on_batch=seen.append, max_events=6, idle_exit_s=10) == 6
+    online = latest_scores(store, users)
+    assert online["session_id"] == [f"{users[0]}-s2"] + [f"{u}-s1" for u in users[1:]]
+    np.testing.assert_allclose(online["probabilities"][0], 0.8, rtol=1e-6)
+    assert sum(len(f) for f in seen) == 6
+    assert run_score_sink(cfg, store, Stopper(), max_events=1, idle_exit_s=3) == 0  # all committed
