@@ -136,6 +136,7 @@ def _features(s: LanternSettings, ds):
 
 def _start_ray(stack: ExitStack) -> None:
     import ray
+    import ray.data  # noqa: F401 - Ray Data sets its loggers up on import: before _quiet_ray
 
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
     stack.callback(_stop_ray)

@@ -28,7 +28,7 @@ def headline(summary: dict) -> list[tuple[str, str]]:
         ("sessions replayed", f"{st['sessions_replayed']:,} ({st['bad_events_sent']} of them broken on purpose)"),
         ("sessions scored", f"{st['sessions_scored']:,}"),
         ("with external context", f"{st['with_external_context']:,} "
-                                  f"({st['with_external_context'] / max(st['sessions_scored'], 1):.0%}; the rest survey-only)"),
+                                  f"({st['with_external_context'] / max(st['sessions_scored'], 1):.1%}; the rest survey-only)"),
         ("throughput", f"{st['throughput_per_s']:,.0f} sessions/s (offered {summary['replay_rate_per_s']:,.0f}/s)"),
         ("completion→score latency", f"p50 {st['latency_p50_ms']:,.0f} ms, p99 {st['latency_p99_ms']:,.0f} ms"),
         ("dead-lettered", f"{st['dead_lettered']} ({reasons})"),
