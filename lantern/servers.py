@@ -6,6 +6,7 @@ Everything binds to 127.0.0.1 and lives only as long as the context manager.
 from __future__ import annotations
 
 import ctypes
+import os
 import shutil
 import signal
 import socket
@@ -19,16 +20,19 @@ from lantern.errors import ConfigError
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Linux: the child gets SIGTERM when the process that started it dies, even by SIGKILL."""
+    """Linux: the child is killed when the process that started it dies, even by SIGKILL. SIGKILL,
+    not SIGTERM: these servers are memory-only, so there is nothing a graceful stop would save,
+    and a server busy shutting down gracefully must not outlive us."""
     try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
     except OSError:
         pass
 
 
 def spawn(args: list[str], log) -> subprocess.Popen:
-    """Start a server process that cannot outlive this one; its output goes to ``log``."""
-    return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
+    """Start a server process that cannot outlive this one; its output goes to ``log``. It gets a
+    session of its own: a terminal's Ctrl-C reaches us, and we stop it (see :func:`stop`)."""
+    return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                             preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
 
 
@@ -52,13 +56,18 @@ def wait_for_port(port: int, timeout_s: float, proc: subprocess.Popen | None = N
 
 
 def stop(proc: subprocess.Popen, timeout_s: float = 5.0) -> None:
-    if proc.poll() is None:
-        proc.terminate()
+    """SIGTERM to the server's process group, SIGKILL after ``timeout_s``: nothing it forked survives."""
+    for sig, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, None)):
         try:
-            proc.wait(timeout_s)
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:  # the group is gone
+            break
+        try:
+            proc.wait(wait_s)
+            break
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            continue
+    proc.poll()
 
 
 @contextmanager

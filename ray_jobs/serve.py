@@ -8,13 +8,15 @@ vocabularies with another's weights. Per request (one micro-batch of Kafka recor
 dead-letter, look features up, encode; then ``@serve.batch`` joins concurrent requests into one
 forward pass per version; every output carries the ``model_version`` that produced it.
 
-Routes: ``POST /score`` (one session event JSON → its scores JSON, 400 with the reason for a bad
-event), ``GET /healthz``. Handle: ``score(records)`` → ``ScoredBatch``.
+Routes: ``POST /score`` (one session event JSON → its scores JSON; 400 with the reason for a bad
+event, 413 over the event size limit — checked before the body is read —, 415 for a body that is
+not JSON), ``GET /healthz``. Handle: ``score(records)`` → ``ScoredBatch``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +28,7 @@ from starlette.responses import JSONResponse, Response
 
 from ray_jobs.config import ServeConfig
 from ray_jobs.registry import Registry
+from streaming.events import MAX_EVENT_BYTES
 from streaming.scoring import BatchScorer, Encoded, Prediction, Record, ScoredBatch, forward
 
 
@@ -108,7 +111,11 @@ class LanternScorer:
         if request.method == "GET" and path.endswith("/healthz"):
             return JSONResponse({"status": "ok", "model_version": self.served.version, "device": str(self.device)})
         if request.method == "POST" and path.endswith("/score"):
-            result = await self.score([Record("http", 0, 0, None, await request.body())])
+            refused = _refuse(request)
+            body = None if refused else await _read_capped(request, MAX_EVENT_BYTES)
+            if refused or body is None:
+                return refused or _error(413, "too_large", f"a session event is at most {MAX_EVENT_BYTES} bytes")
+            result = await self.score([Record("http", 0, 0, None, body)])
             if result.dead:
                 error = result.dead[0][1]
                 return JSONResponse({"error": error.kind, "reason": error.message, "field": error.field},
@@ -118,11 +125,36 @@ class LanternScorer:
 
     def info(self) -> dict:
         """What `lantern status` shows: the served version and the device."""
-        return {"model_version": self.served.version, "device": str(self.device)}
+        return {"model_version": self.served.version, "device": str(self.device), "pid": os.getpid()}
 
     def check_health(self) -> None:
         if self.served is None:
             raise RuntimeError("no model loaded")
+
+
+def _error(status: int, kind: str, reason: str) -> JSONResponse:
+    return JSONResponse({"error": kind, "reason": reason}, status_code=status)
+
+
+def _refuse(request: Request) -> JSONResponse | None:
+    """A 4xx before the body is read: not JSON, or a declared length over the event limit."""
+    content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    if content_type != "application/json":
+        return _error(415, "unsupported_media_type", f"send the event as application/json, not {content_type}")
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > MAX_EVENT_BYTES):
+        return _error(413, "too_large", f"a session event is at most {MAX_EVENT_BYTES} bytes (declared {declared})")
+    return None
+
+
+async def _read_capped(request: Request, limit: int) -> bytes | None:
+    """The body, or None once it passes ``limit`` bytes (chunked uploads have no length to check)."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)
 
 
 def build_app(cfg: ServeConfig, model_version: str | None = None, features: dict | None = None,

@@ -47,7 +47,7 @@ def latest_per_user(frame: pd.DataFrame) -> pd.DataFrame:
 
 def run_score_sink(cfg: KafkaConfig, store, stopper, on_batch: Callable[[pd.DataFrame], None] | None = None,
                    max_events: int | None = None, idle_exit_s: float | None = None,
-                   log=lambda msg: None) -> int:
+                   log=lambda msg: None, group_id: str = SINK_GROUP) -> int:
     """Consume the scores topic into the online store until stopped; returns records consumed."""
     from features.store import push_scores
     from streaming.kafka_io import consume_loop
@@ -58,4 +58,4 @@ def run_score_sink(cfg: KafkaConfig, store, stopper, on_batch: Callable[[pd.Data
         if on_batch is not None:
             on_batch(frame)
 
-    return consume_loop(cfg, SINK_GROUP, handle, stopper, max_events, idle_exit_s, log, topic=cfg.scores_topic)
+    return consume_loop(cfg, group_id, handle, stopper, max_events, idle_exit_s, log, topic=cfg.scores_topic)

@@ -12,6 +12,7 @@ scored. Pluggable pieces:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -110,9 +111,11 @@ class Encoded:
 class BatchScorer:
     def __init__(self, questionnaire: Questionnaire, features_spec: FeatureSpec, predictor: Predictor,
                  feature_client: FeatureClient | None, threshold: float = 0.5,
-                 clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)):
+                 clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+                 lookup_attempts: int = 3, lookup_backoff_s: float = 0.1):
         self.q, self.spec, self.predictor = questionnaire, features_spec, predictor
         self.features, self.threshold, self.clock = feature_client, threshold, clock
+        self.lookup_attempts, self.lookup_backoff_s = lookup_attempts, lookup_backoff_s
 
     def parse(self, records: list[Record]) -> tuple[list[tuple[Record, SessionEvent]], list[tuple[Record, EventError]]]:
         good, dead, seen = [], [], set()
@@ -129,13 +132,19 @@ class BatchScorer:
         return good, dead
 
     def lookup(self, user_ids: list[str]) -> tuple[dict[str, SourceArrays], bool]:
-        """External inputs per source, and whether the store was unavailable (→ survey-only)."""
+        """External inputs per source, and whether the store was unavailable (→ survey-only).
+        An unavailable store is retried ``lookup_attempts`` times with exponential backoff; then
+        the batch is scored survey-only and flagged ``degraded`` — never from made-up values.
+        The next batch asks the store again, so scoring recovers when it returns."""
         if self.features is None:
             return {}, False
-        try:
-            return self.features.model_inputs(user_ids, self.spec), False
-        except LanternError:  # FeatureStoreUnavailable: callers retry; here we degrade visibly
-            return {}, True
+        for attempt in range(self.lookup_attempts):
+            try:
+                return self.features.model_inputs(user_ids, self.spec), False
+            except LanternError:  # FeatureStoreUnavailable
+                if attempt < self.lookup_attempts - 1:
+                    time.sleep(self.lookup_backoff_s * 2 ** attempt)
+        return {}, True
 
     def encode(self, records: list[Record]) -> Encoded:
         """Parse, dead-letter what is bad, look features up, encode: everything before the model."""

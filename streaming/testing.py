@@ -57,10 +57,11 @@ class Rows:
 
 class FakeFeatures:
     """A feature client over contract tables: each user's latest row per source, as a
-    materialized online store would hold it. ``down = True`` simulates an outage."""
+    materialized online store would hold it. ``down = True`` simulates an outage;
+    ``fail_next = n`` a transient one (the next n calls fail). ``calls`` counts lookups."""
 
     def __init__(self, external: dict[str, pa.Table]):
-        self.down = False
+        self.down, self.fail_next, self.calls = False, 0, 0
         self.tables, self.latest = {}, {}
         for name, table in external.items():
             order = pc.sort_indices(table, [("user_id", "ascending"), ("event_timestamp", "ascending")])
@@ -69,6 +70,10 @@ class FakeFeatures:
             self.latest[name] = {u: i for i, u in enumerate(table.column("user_id").to_pylist())}
 
     def lookup(self, user_ids: list[str]) -> dict[str, Rows]:
+        self.calls += 1
+        if self.fail_next > 0:
+            self.fail_next -= 1
+            raise LanternError("fake feature store: transient failure")
         if self.down:
             raise LanternError("fake feature store is down")
         out = {}

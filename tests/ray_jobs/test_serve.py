@@ -61,9 +61,10 @@ def test_the_serve_path_scores_a_batch_like_the_in_process_model(served, recent_
     assert any(o["external_sources_used"] for o in ours.values())
 
 
-def _http(cfg, path, body=None):
+def _http(cfg, path, body=None, content_type="application/json"):
     req = urllib.request.Request(f"http://127.0.0.1:{cfg.http_port}{path}", data=body,
-                                 method="POST" if body is not None else "GET")
+                                 method="POST" if body is not None else "GET",
+                                 headers={"Content-Type": content_type} if body is not None else {})
     try:
         with urllib.request.urlopen(req, timeout=30) as resp:
             return resp.status, json.loads(resp.read())
@@ -80,6 +81,48 @@ def test_http_score_health_and_bad_input(served, recent_ds):
     status, body = _http(cfg, "/score", b'{"schema_version": 1, "session_id": 3}')
     assert status == 400 and body["error"] and body["reason"]
     assert _http(cfg, "/healthz") == (200, {"status": "ok", "model_version": "v0001", "device": "cpu"})
+
+
+def test_hostile_http_input_gets_4xx_with_a_reason_and_the_replica_stays_healthy(served, recent_ds):
+    _, _, cfg, *_ = served
+    _, event = sessions_to_events(recent_ds.sessions.slice(6, 1))[0]
+    assert _http(cfg, "/score", b"x" * 2_000_000)[0] == 413  # refused on its declared length
+    status, body = _http(cfg, "/score", event, content_type="text/plain")
+    assert status == 415 and "application/json" in body["reason"]
+    status, body = _http(cfg, "/score", b"[" * 50_000)  # deep nesting within the size limit
+    assert status == 400 and body["error"] == "bad_json"
+    status, body = _http(cfg, "/score", b"\xff\xfe{}")
+    assert status == 400 and body["error"] == "bad_json"
+    assert _http(cfg, "/score", event)[0] == 200  # and it still scores
+    assert _http(cfg, "/healthz")[0] == 200
+
+
+def test_a_replica_killed_mid_batch_is_replaced_and_the_retried_batch_scores_once(served, recent_ds):
+    import os
+    import signal
+
+    from ray_jobs.serve import ServeScorer
+
+    handle, *_ = served
+    records = _records(recent_ds, 100, 128)
+    pid = handle.info.remote().result()["pid"]
+    scorer = ServeScorer(handle, attempts=8, backoff_s=0.5)
+    result, errors = [], []
+    call = threading.Thread(target=lambda: _guard(lambda: result.append(scorer.score(records)), errors))
+    call.start()
+    threading.Event().wait(0.05)  # the micro-batch is in flight
+    os.kill(pid, signal.SIGKILL)
+    call.join(120)
+    assert errors == [] and len(result) == 1  # retried with backoff until a replacement answered
+    assert len(_scores(result[0])) == 128
+    assert handle.info.remote().result()["pid"] != pid  # Serve replaced the replica
+
+
+def _guard(fn, errors: list) -> None:
+    try:
+        fn()
+    except Exception as exc:  # noqa: BLE001 — the test asserts there is none
+        errors.append(repr(exc))
 
 
 def test_hot_swap_under_concurrent_load_fails_no_request(served, recent_ds):

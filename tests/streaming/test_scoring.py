@@ -79,3 +79,22 @@ def test_feature_outage_scores_survey_only_and_says_so(small_ds, scorer):
         expected = torch.sigmoid(model(batch, survey_only_path=True)).numpy()
     for sid, probs in zip(sessions.column("session_id").to_pylist(), expected):
         np.testing.assert_allclose(decode_probabilities(outputs[sid]["probabilities_f32"]), probs, atol=1e-5)
+
+
+def test_a_transient_feature_outage_is_retried_not_degraded(small_ds, scorer):
+    flaky = FakeFeatures(small_ds.external)
+    flaky.fail_next = 2  # the third attempt succeeds
+    result = BatchScorer(scorer.q, scorer.spec, scorer.predictor, flaky, lookup_backoff_s=0.01).score(
+        memory_source(sessions_to_events(small_ds.sessions.slice(0, 30))))
+    assert flaky.calls == 3 and not result.degraded
+    assert any(json.loads(v)["external_sources_used"] for _, v in result.scores)
+
+
+def test_scoring_recovers_when_the_store_returns(small_ds, scorer):
+    store = FakeFeatures(small_ds.external)
+    store.down = True
+    bs = BatchScorer(scorer.q, scorer.spec, scorer.predictor, store, lookup_backoff_s=0.01)
+    records = memory_source(sessions_to_events(small_ds.sessions.slice(0, 60)))
+    assert bs.score(records[:30]).degraded and store.calls == 3  # retried, then survey-only
+    store.down = False
+    assert not bs.score(records[30:]).degraded
