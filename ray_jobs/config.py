@@ -18,6 +18,9 @@ class ServeConfig:
     max_batch_size: int = 8
     batch_wait_timeout_s: float = 0.002
     max_ongoing_requests: int = 32  # must let batches fill: ≥ max_batch_size
+    # beyond this many waiting requests a caller gets BackPressureError (and retries with backoff)
+    # instead of queueing without bound; -1 = unbounded (Serve's default)
+    max_queued_requests: int = 64
     # placement and scaling
     num_cpus: float = 1.0
     num_gpus: float = 0.0  # fractional allowed; 0 = CPU replicas

@@ -164,6 +164,7 @@ def build_app(cfg: ServeConfig, model_version: str | None = None, features: dict
     deployment = LanternScorer.options(
         ray_actor_options={"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus},
         max_ongoing_requests=cfg.max_ongoing_requests,
+        max_queued_requests=cfg.max_queued_requests,
         autoscaling_config={"min_replicas": cfg.min_replicas, "max_replicas": cfg.max_replicas,
                             "initial_replicas": cfg.min_replicas,
                             "target_ongoing_requests": cfg.target_ongoing_requests},
@@ -222,6 +223,7 @@ class ServeScorer:
 
     def __init__(self, handle, attempts: int = 4, backoff_s: float = 0.5):
         self.handle, self.attempts, self.backoff_s = handle, attempts, backoff_s
+        self.retries = 0  # calls that failed and were tried again (replica deaths, back-pressure)
 
     def score(self, records: list[Record]) -> ScoredBatch:
         import time
@@ -235,5 +237,6 @@ class ServeScorer:
             except (RayError, BackPressureError):
                 if attempt == self.attempts - 1:
                     raise
+                self.retries += 1
                 time.sleep(self.backoff_s * 2 ** attempt)
         raise AssertionError("unreachable")

