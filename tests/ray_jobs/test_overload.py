@@ -72,7 +72,7 @@ def test_a_burst_gets_backpressure_retries_and_loses_nothing(ray_cluster, broker
             for t in threads:
                 t.join(60)
     finally:
-        serve.delete("tight")
+        serve.shutdown()  # Serve was started without HTTP here: later tests start it with HTTP
 
     retries = consumer.retries + sum(s.retries for s in burst)
     print(f"overload: {sum(done)} burst calls + {stats.batches} consumer batches, {retries} retried after "
