@@ -139,7 +139,9 @@ def _start_ray(stack: ExitStack) -> None:
     import ray.data  # noqa: F401 - Ray Data sets its loggers up on import: before _quiet_ray
 
     stack.callback(_stop_ray)  # first: an interrupt inside ray.init must still stop what it started
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    # its own local Ray, whatever RAY_ADDRESS says: the demo's storage and registry are local paths
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
+             logging_level=logging.ERROR)
     _quiet_ray()
 
 
