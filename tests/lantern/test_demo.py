@@ -95,6 +95,8 @@ def test_ctrl_c_leaves_no_process_behind(tmp_path):
                 break
         time.sleep(8)
         assert proc.poll() is None, "the demo ended before it could be interrupted"
+        running = started_by(str(tmp_path))
+        assert len(running) >= 3, running  # the marker finds them: the broker, Ray's processes, the demo
         proc.send_signal(signal.SIGINT)
         rest = proc.communicate(timeout=120)[0]
         assert proc.returncode == 130, rest[-2000:]  # the CLI's exit code for an interrupt
