@@ -137,6 +137,11 @@ def split_training_set(table: pa.Table, layouts: list[SourceLayout]) -> dict[str
 TRAINING_SET_META = b"lantern_layouts"
 
 
+def point_in_time_sources(store: FeatureStore, sessions: pa.Table) -> dict[str, tuple[pa.Table, np.ndarray]]:
+    """What training encodes: per source, each session's point-in-time columns and presence."""
+    return split_training_set(training_set(store, sessions), registered_layouts(store))
+
+
 def write_training_set(store: FeatureStore, sessions: pa.Table, path: Path) -> pa.Table:
     """Build the point-in-time training set and write it as parquet (layouts in the metadata)."""
     table = training_set(store, sessions)

@@ -164,12 +164,11 @@ def demo(
 ):
     """The whole system on embedded defaults: broker → simulate → Feast → Ray Train → Ray Serve →
     replay through Kafka → scores to Kafka and Feast → ablation → reports/demo/."""
-    import os
-
+    from lantern.cli_common import kafka_overrides
     from lantern.demo import run_demo
 
     s = settings_for(ctx, demo=dict(users=users, epochs=epochs, sessions=sessions, rate=rate))
-    run_demo(s, bootstrap or os.environ.get("KAFKA_BOOTSTRAP"))
+    run_demo(s, kafka_overrides(bootstrap)["bootstrap"])  # None: the demo starts a broker
 
 
 @app.command()

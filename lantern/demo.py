@@ -162,28 +162,14 @@ def _stop_ray() -> None:
 def _train(s: LanternSettings, ds, store):
     """Feast point-in-time training set → Ray Train → register → promote. Returns the model with its
     history (for the ablation) and the RetrainResult (its prepared split)."""
-    from features.store import registered_layouts, split_training_set, training_set
-    from model.checkpoint import save_model
-    from model.evaluate import predict
-    from model.metrics import prf
-    from ray_jobs.registry import Registry
-    from ray_jobs.train import data_window, retrain
+    from features.store import point_in_time_sources
+    from ray_jobs.train import register_retrained, retrain
 
     t = time.perf_counter()
-    sources = split_training_set(training_set(store, ds.sessions), registered_layouts(store))
+    sources = point_in_time_sources(store, ds.sessions)
     console.print(f"Feast point-in-time training set: {ds.sessions.num_rows} sessions in {time.perf_counter() - t:.0f} s")
     result = retrain(ds, s.train, s.retrain, sources=sources, log=console.print, progress=True)
-    prep = result.prepared
-    test_f1 = prf(predict(result.model, prep.test), prep.test.y, prep.test.loss_mask)["f1"]
-    path = save_model(s.retrain.storage / "model", result.model, prep.features, ds.questionnaire,
-                      {"training": {"history": result.history, "best_val_f1": result.best_val_f1,
-                                    "workers": s.retrain.num_workers}})
-    registry = Registry(s.serve.registry)
-    info = registry.register(path, {"val_f1": result.best_val_f1, "test_f1": test_f1}, data_window(ds.sessions))
-    decision = registry.promote(info.version, s.serve.promote_metric, s.serve.promote_min_gain)
-    console.print(f"{info.version}: val F1 {result.best_val_f1:.4f}, test F1 {test_f1:.4f}, "
-                  f"{len(result.history)} epochs in {result.seconds:.0f} s on {s.retrain.num_workers} workers; "
-                  f"{'promoted' if decision.accepted else 'not promoted'} ({decision.reason})")
+    register_retrained(s, ds, result, promote=True, log=console.print)
     history = {"history": result.history, "best_val_f1": result.best_val_f1, "seconds": result.seconds,
                "trainer": f"Ray Train, {s.retrain.num_workers} workers"}
     return (result.model, history), result

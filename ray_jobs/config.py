@@ -63,3 +63,14 @@ class RetrainConfig:
     def __post_init__(self):
         if self.num_workers < 1:
             raise ConfigError(f"retrain.num_workers must be ≥ 1 (got {self.num_workers})")
+
+
+def config_from_args(cls, args: dict, what: str):
+    """A settings dataclass from a Serve config's ``args``; unknown keys are an error naming them."""
+    from dataclasses import fields
+
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(args) - known)
+    if unknown:
+        raise ConfigError(f"unknown {what} settings {unknown}; known: {sorted(known)}")
+    return cls(**args)

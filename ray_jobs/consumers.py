@@ -32,7 +32,7 @@ class StreamConsumer:
 
     def _run(self) -> None:
         try:
-            self.stats = self.runner.run()
+            self.runner.run()
         except BaseException as exc:  # surfaced by check_health: Serve replaces the replica
             self.error = exc
             raise
@@ -64,20 +64,12 @@ def build_consumers(kafka: KafkaConfig, consumers: int, scorer_app: str = "lante
 
 def app_builder(args: dict):
     """Serve config entry point (``import_path: ray_jobs.consumers:app_builder``): ``args`` holds
-    the KafkaConfig fields (``bootstrap``, topics, ``group_id`` …) and ``scorer_app``."""
+    the KafkaConfig fields (``bootstrap``, topics, ``group_id`` …) and ``scorer_app``; unknown
+    keys are an error."""
+    from dataclasses import asdict
+
+    from ray_jobs.config import config_from_args
+
     args = dict(args)
     scorer_app = args.pop("scorer_app", "lantern")
-    return StreamConsumer.bind(kafka_fields(args), scorer_app)
-
-
-def kafka_fields(args: dict) -> dict:
-    """Validated KafkaConfig fields from a Serve config's ``args`` (unknown keys are an error)."""
-    from dataclasses import asdict, fields
-
-    from lantern.errors import ConfigError
-
-    known = {f.name for f in fields(KafkaConfig)}
-    unknown = sorted(set(args) - known)
-    if unknown:
-        raise ConfigError(f"unknown Kafka settings {unknown}; known: {sorted(known)}")
-    return asdict(KafkaConfig(**args))
+    return StreamConsumer.bind(asdict(config_from_args(KafkaConfig, args, "Kafka")), scorer_app)

@@ -26,7 +26,7 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ray_jobs.config import ServeConfig
+from ray_jobs.config import ServeConfig, config_from_args
 from ray_jobs.registry import Registry
 from streaming.events import MAX_EVENT_BYTES
 from streaming.scoring import BatchScorer, Encoded, Prediction, Record, ScoredBatch, forward
@@ -179,18 +179,11 @@ def app_builder(args: dict):
     """Serve config entry point (``import_path: ray_jobs.serve:app_builder``, e.g. a KubeRay
     RayService): ``args`` holds ServeConfig fields, plus ``features`` (FeatureStoreConfig fields;
     absent = no external context) and ``threshold``. Unknown keys are an error."""
-    from dataclasses import fields
-
     from features.config import FeatureStoreConfig
-    from lantern.errors import ConfigError
 
     args = dict(args)
     features, threshold = args.pop("features", None), float(args.pop("threshold", 0.5))
-    known = {f.name for f in fields(ServeConfig)}
-    unknown = sorted(set(args) - known)
-    if unknown:
-        raise ConfigError(f"unknown serve settings {unknown}; known: {sorted(known)}")
-    cfg = ServeConfig(**args)
+    cfg = config_from_args(ServeConfig, args, "serve")
     if features is not None:
         features = feature_store_options(FeatureStoreConfig(**features))
     return build_app(cfg, features=features, threshold=threshold)

@@ -254,10 +254,6 @@ def retrain_and_register(settings, archive: Path | None = None, use_features: bo
     from dataclasses import replace as with_sessions
 
     from lantern.dataset.io import load_dataset
-    from model.checkpoint import save_model
-    from model.evaluate import predict
-    from model.metrics import prf
-    from ray_jobs.registry import Registry
 
     ds = load_dataset(settings.paths.data)
     if archive is not None:
@@ -267,13 +263,22 @@ def retrain_and_register(settings, archive: Path | None = None, use_features: bo
         log(f"{ds.sessions.num_rows} archived sessions from {archive}")
     sources = None
     if use_features:  # point-in-time rows from Feast's offline store, not the in-process join
-        from features.store import open_store, registered_layouts, split_training_set, training_set
+        from features.store import open_store, point_in_time_sources
 
-        store = open_store(settings.features)
-        sources = split_training_set(training_set(store, ds.sessions), registered_layouts(store))
-    rc = settings.retrain
-    result = retrain(ds, settings.train, rc, sources=sources, log=log)
-    prep = result.prepared
+        sources = point_in_time_sources(open_store(settings.features), ds.sessions)
+    result = retrain(ds, settings.train, settings.retrain, sources=sources, log=log)
+    return register_retrained(settings, ds, result, promote, log)
+
+
+def register_retrained(settings, ds, result: RetrainResult, promote: bool, log=print) -> dict:
+    """A retrained model → its test F1 → a model directory → the next registry version (val/test
+    F1, data window, parent) → optionally promoted."""
+    from model.checkpoint import save_model
+    from model.evaluate import predict
+    from model.metrics import prf
+    from ray_jobs.registry import Registry
+
+    rc, prep = settings.retrain, result.prepared
     test_f1 = prf(predict(result.model, prep.test), prep.test.y, prep.test.loss_mask)["f1"]
     window = data_window(ds.sessions)
     path = save_model(Path(rc.storage) / rc.run_name / "model", result.model, prep.features, ds.questionnaire,
