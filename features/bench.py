@@ -87,7 +87,8 @@ def bench_store(ds: Dataset, kind: str, repo: Path, redis_address: str | None, b
     out = {}
     for size in batches:
         calls = max(5, min(500, min_rows // size))
-        key_batches = [list(rng.choice(users, size, replace=False)) for _ in range(calls)]
+        # Python str ids, as the scorer passes them (numpy str_ would slow both paths' hashing)
+        key_batches = [rng.choice(users, size, replace=False).tolist() for _ in range(calls)]
         sdk_inputs = lambda k: sdk_model_inputs(store, k, layouts, spec)  # noqa: E731
         ours_inputs = lambda k: lookup.model_inputs(k, spec)  # noqa: E731
         sdk_columns = lambda k: sdk_lookup(store, k, layouts)  # noqa: E731

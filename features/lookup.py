@@ -2,8 +2,9 @@
 source's columns) + presence masks.
 
 Why it is fast (docs/features.md has the figures): one precomputed vector per user holds every
-packed source, read in Feast's own storage layout with one ``IN (...)`` query on SQLite or one
-``EVALSHA`` on Redis; entity keys are built directly in Feast's v3 layout; the batch is parsed
+packed source, read in Feast's own storage layout with one query on SQLite (the keys as a
+``VALUES`` table joined to the view's) or one round trip of pipelined ``HGET``s on Redis
+(features/redis_pipe.py); entity keys are built directly in Feast's v3 layout; the batch is parsed
 with numpy gathers (features/vector.py) and shaped straight into model arrays
 (features/model_inputs.py). Without the vector view, the per-source views are read instead
 (one ``UNION ALL`` query, or one pipelined round of ``HMGET``s) with the same answers.
@@ -19,6 +20,7 @@ import struct
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -32,11 +34,14 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from features import vector
 from features.model_inputs import InputShaper
 from features.packing import CAT, NUM, SourceLayout, unpack, unpack_present
+from features.redis_pipe import HashFieldReader
 from features.repo import FEATURE_SERVICE, OFFLINE_DIR, VECTOR_FIELD, VECTOR_PUSH, VECTOR_VIEW
 from features.store import FeatureStoreConfig, FeatureStoreUnavailable, materialize, registered_layouts
+from lantern.errors import LanternError
 from model.encoding import FeatureSpec, SourceArrays, shape_sources
 
 SQLITE_MMAP_BYTES = 1 << 30  # address space only; pages are shared with the OS cache
+SQLITE_MAX_KEYS = 8192  # bound variables per statement (SQLite's limit is 32766)
 LIST_FIELD = {"float": "float_list_val", "int": "int64_list_val", "string": "string_list_val"}
 
 
@@ -72,15 +77,19 @@ class OnlineLookup:
         if self.use_vector:
             self.vector_table = _table_id(self.config.project, store.get_feature_view(VECTOR_VIEW))
         self._conn = None
-        self._script = None
+        self._pipe = None  # features.redis_pipe.HashFieldReader, on first use
         self._shapers: dict[int, tuple[FeatureSpec, InputShaper]] = {}
 
     # ---- shared ------------------------------------------------------------------------------
     def entity_keys(self, user_ids: list[str]) -> list[bytes]:
         if self.version != 3:
             return [entity_key_bytes(u, self.version) for u in user_ids]
-        encoded = [u.encode() for u in user_ids]
-        return [b"".join((_USER_KEY_PREFIX, len(e).to_bytes(4, "little"), e)) for e in encoded]
+        keys, prefixes = [], _KEY_PREFIXES
+        for user in user_ids:  # the hot loop of a lookup: one dict hit and one concatenation per user
+            raw = user.encode()
+            prefix = prefixes.get(len(raw)) or _key_prefix(len(raw))
+            keys.append(prefix + raw)
+        return keys
 
     def lookup(self, user_ids: list[str]) -> dict[str, SourceRows]:
         """Every source's columns for ``user_ids``, in order (repeats allowed), and presence."""
@@ -173,44 +182,49 @@ class OnlineLookup:
                 stamps[i] = _epoch(ts)
         return {x.name: out[v] for v, x in enumerate(self.layouts)}
 
-    def _read_vectors_sqlite(self, keys: list[bytes]) -> list[bytes | None]:
-        """Serialized ``Value``s of every user's vector (the view's only feature), in key order."""
-        try:
-            rows = self._sqlite().execute(
-                f'SELECT entity_key, value FROM "{self.vector_table}" '
-                f"WHERE entity_key IN ({','.join('?' * len(keys))})", keys).fetchall()
-        except sqlite3.Error as exc:
-            self._conn = None
-            raise FeatureStoreUnavailable(f"SQLite online store read failed: {exc}") from exc
-        found = dict(rows)  # unwrapped by vector.parse(wrapped=True)
-        return [found.get(k) for k in keys]
+    def _read_vectors_sqlite(self, keys: list[bytes]) -> list[bytes]:
+        """Serialized ``Value``s of every user's vector (the view's only feature), in key order:
+        the keys as a ``VALUES`` table left-joined to the view's table, so SQLite hands back
+        the values in request order (empty = no row) and no key has to travel back."""
+        out = []
+        for start in range(0, len(keys), SQLITE_MAX_KEYS):
+            chunk = keys[start:start + SQLITE_MAX_KEYS]
+            try:
+                rows = self._sqlite().execute(_vector_query(self.vector_table, len(chunk)), chunk).fetchall()
+            except sqlite3.Error as exc:
+                self._conn = None
+                raise FeatureStoreUnavailable(f"SQLite online store read failed: {exc}") from exc
+            out += [value for value, in rows]  # unwrapped by vector.parse(wrapped=True)
+        return out
 
     # ---- Redis ---------------------------------------------------------------------------------
-    def _read_vectors_redis(self, keys: list[bytes]) -> list[bytes | None]:
-        """One EVALSHA: HGET of every user's vector field, a single command and reply."""
-        import redis
+    def _read_vectors_redis(self, keys: list[bytes]) -> list[bytes]:
+        """Pipelined HGETs of every user's vector field in one round trip (features/redis_pipe.py)."""
         from feast.infra.online_stores.helpers import _mmh3
 
         project = self.config.project.encode()
+        if self._pipe is None:
+            host, port, options = self._redis_address()
+            self._pipe = HashFieldReader.from_options(host, port, options)
         try:
-            if self._script is None:
-                self._script = self._redis_client().register_script(_HGET_ALL)
-            replies = self._script(keys=[k + project for k in keys], args=[_mmh3(f"{VECTOR_VIEW}:{VECTOR_FIELD}")])
-        except redis.RedisError as exc:
-            self._conn, self._script = None, None
+            replies = self._pipe.hget_many([k + project for k in keys], _mmh3(f"{VECTOR_VIEW}:{VECTOR_FIELD}"))
+        except (OSError, LanternError) as exc:
             raise FeatureStoreUnavailable(f"Redis online store unreachable: {exc}") from exc
-        return [r or None for r in replies]  # serialized Values, unwrapped by vector.parse
+        return [r or b"" for r in replies]  # serialized Values (empty: none), unwrapped by vector.parse
+
+    def _redis_address(self) -> tuple[str, int, dict]:
+        """Feast's connection string ``host:port[,option=value…]``."""
+        host_port, *options = self.config.online_store.connection_string.split(",")
+        host, _, port = host_port.partition(":")
+        return host, int(port or 6379), dict(o.split("=", 1) for o in options)
 
     def _redis_client(self):
         if self._conn is None:
             import redis
 
-            host_port, *options = self.config.online_store.connection_string.split(",")
-            host, _, port = host_port.partition(":")
-            kwargs = dict(o.split("=", 1) for o in options)
+            host, port, kwargs = self._redis_address()
             kwargs.pop("ssl", None)
-            self._conn = redis.Redis(host=host, port=int(port or 6379), socket_timeout=2.0,
-                                     socket_connect_timeout=2.0, **kwargs)
+            self._conn = redis.Redis(host=host, port=port, socket_timeout=2.0, socket_connect_timeout=2.0, **kwargs)
         return self._conn
 
     def _read_redis(self, keys: list[bytes]):
@@ -253,7 +267,12 @@ def _unique(user_ids: list[str]) -> tuple[list[str], np.ndarray | None]:
     return unique, np.fromiter((position[u] for u in user_ids), np.int64, len(user_ids))
 
 
-_HGET_ALL = "local r = {} for i, k in ipairs(KEYS) do r[i] = redis.call('HGET', k, ARGV[1]) end return r"
+@lru_cache(maxsize=64)
+def _vector_query(table: str, n: int) -> str:
+    keys = ",".join(f"({i},?)" for i in range(n))
+    return (f'WITH k(i, key) AS (VALUES {keys}) SELECT coalesce(t.value, x\'\') FROM k '
+            f'LEFT JOIN "{table}" t ON t.entity_key = k.key ORDER BY k.i')
+
 
 _USER_KEY_PREFIX = (struct.pack("<I", 1) + struct.pack("<I", ValueType.STRING.value) + struct.pack("<I", len(b"user_id"))
                     + b"user_id" + struct.pack("<I", ValueType.STRING.value))
@@ -265,7 +284,18 @@ def entity_key_bytes(user_id: str, version: int = 3) -> bytes:
         return serialize_entity_key(EntityKey(join_keys=["user_id"], entity_values=[Value(string_val=user_id)]),
                                     entity_key_serialization_version=version)
     raw = user_id.encode()
-    return _USER_KEY_PREFIX + struct.pack("<I", len(raw)) + raw
+    return _key_prefix(len(raw)) + raw
+
+
+_KEY_PREFIXES: dict[int, bytes] = {}
+
+
+def _key_prefix(length: int) -> bytes:
+    """Feast's v3 entity key up to the user id's bytes, for ids of ``length`` bytes."""
+    prefix = _KEY_PREFIXES.get(length)
+    if prefix is None:
+        prefix = _KEY_PREFIXES[length] = _USER_KEY_PREFIX + struct.pack("<I", length)
+    return prefix
 
 
 def _epoch(ts) -> float:
@@ -296,8 +326,6 @@ def sdk_model_inputs(store: FeatureStore, user_ids: list[str], layouts: list[Sou
 def precompute(store: FeatureStore, user_ids: list[str], batch: int = 2048, log=None) -> int:
     """Write every user's precomputed vector (all sources, per-source event times) online,
     read back from the per-source views so it equals what they hold. Returns users written."""
-    from datetime import datetime, timezone
-
     import pandas as pd
 
     lookup = OnlineLookup(store, use_vector=False)

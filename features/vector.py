@@ -125,22 +125,21 @@ class ParsedBatch:
 
 def parse(layouts: list[SourceLayout], vectors: list[bytes | None], now: float = np.inf,
           ttl_s: dict[str, float] | None = None, wrapped: bool = False) -> ParsedBatch:
-    """Vectors of a batch (None = unknown user) → where every value lies, with one pass of numpy
+    """Vectors of a batch (None or empty = unknown user) → where every value lies, with one pass of numpy
     gathers. A source is present for a user when the vector has its row and the row's event time
     is within ``ttl_s[source]`` of ``now``. ``wrapped``: each vector is still inside the online
     store's serialized protobuf ``Value`` (saves a parse per user)."""
     n = len(vectors)
     if None in vectors:
-        have = np.array([v is not None for v in vectors], bool)
-        blobs = [v for v in vectors if v is not None]
-    else:
-        have, blobs = np.ones(n, bool), vectors
+        vectors = [v or b"" for v in vectors]
+    lengths = np.fromiter(map(len, vectors), np.int64, n)
+    have = lengths > 0  # empty: no vector (the readers return b"" for unknown users)
     rows_of = np.flatnonzero(have)
-    m, H = len(blobs), header_size(layouts)
-    lengths = np.fromiter(map(len, blobs), np.int64, m)
+    lengths = lengths[rows_of]
+    m, H = len(rows_of), header_size(layouts)
     ends = np.cumsum(lengths)
     starts = ends - lengths
-    buf = np.frombuffer(b"".join(blobs), np.uint8)
+    buf = np.frombuffer(b"".join(vectors), np.uint8)
     if wrapped and m:  # serialized Value(bytes_val=vector): skip the tag and the varint length
         head = buf[np.minimum(starts[:, None] + np.arange(4), len(buf) - 1)]  # (m, 4)
         if not (head[:, 0] == VALUE_BYTES_TAG).all():

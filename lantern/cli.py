@@ -217,6 +217,7 @@ def _register() -> None:
     app.command("retrain")(cli_ray.retrain_cmd)
     bench_app.command("serve")(cli_ray.bench_serve_cmd)
     bench_app.command("train")(cli_ray.bench_train_cmd)
+    bench_app.command("stream")(cli_streaming.bench_stream_cmd)
 
 
 _register()

@@ -152,3 +152,30 @@ def sink_scores(
     n = run_score_sink(s.kafka, open_store(s.features), Stopper(), max_events=max_events, idle_exit_s=idle_exit,
                        log=console.print)
     out.print(f"wrote {n} scores from {s.kafka.scores_topic} to the {s.features.online} online store")
+
+
+def bench_stream_cmd(
+    ctx: typer.Context,
+    events: Annotated[int, typer.Option(min=1000, help="Completed sessions replayed at full rate.")] = 50_000,
+    actors: Annotated[str, typer.Option(help="Comma-separated scorer-actor counts (Serve replicas + consumers).")]
+    = "1,2",
+    latency_seconds: Annotated[float, typer.Option(min=1, help="Paced replay per load level.")] = 20.0,
+    preset: Annotated[str, typer.Option(help="Model preset: small | paper.")] = "small",
+    json_out: Annotated[Path, typer.Option("--json")] = Path("reports/bench_stream.json"),
+    bootstrap: BootstrapOpt = None,
+):
+    """End-to-end scored events/s through Kafka + Feast + Ray Serve, latency at 50 % / 90 % load,
+    and each stage's own ceiling on the same messages."""
+    import json
+
+    from lantern.bench_stream import StreamBench, run_bench_stream
+
+    s = settings_for(ctx)
+    bench = StreamBench(events=events, actors=tuple(int(a) for a in actors.split(",")),
+                        latency_seconds=latency_seconds, preset=preset)
+    result = run_bench_stream(s, bench, kafka_overrides(bootstrap)["bootstrap"], log=console.print)
+    json_out.parent.mkdir(parents=True, exist_ok=True)
+    json_out.write_text(json.dumps(result, indent=1))
+    out.print(json.dumps({k: result[k] for k in ("throughput_eps", "latency_ms", "ceilings_eps",
+                                                "ratio_to_consume_ceiling", "runs", "scaling")}, indent=1))
+    out.print(f"results in {json_out}")

@@ -82,10 +82,10 @@ def run_demo(settings: LanternSettings, bootstrap: str | None) -> dict:
         ds = _simulate(s)
 
         steps("feature store")
-        store = _features(s, ds)
+        store = fill_feature_store(s, ds)
 
         steps("train with Ray Train")
-        _start_ray(stack)
+        start_local_ray(stack)
         trained, result = _train(s, ds, store)
 
         steps("deploy on Ray Serve")
@@ -122,7 +122,7 @@ def _simulate(s: LanternSettings):
     return ds
 
 
-def _features(s: LanternSettings, ds):
+def fill_feature_store(s: LanternSettings, ds):
     from features.lookup import materialize_online
     from features.store import apply, open_store
 
@@ -134,7 +134,7 @@ def _features(s: LanternSettings, ds):
     return store
 
 
-def _start_ray(stack: ExitStack) -> None:
+def start_local_ray(stack: ExitStack) -> None:
     import ray
     import ray.data  # noqa: F401 - Ray Data sets its loggers up on import: before _quiet_ray
 

@@ -131,7 +131,7 @@ def stream(cfg: KafkaConfig, events: list[tuple[bytes, bytes]], ids: list, store
     handle = serve.run(build_consumers(cfg, consumers, scorer_app), name=CONSUMERS_APP, route_prefix=None)
     t0 = time.perf_counter()
     try:
-        _wait_assigned(handle)
+        wait_assigned(handle)
         sent: list[int] = []
         replay(cfg, events, rate, progress=True, sent_ms=sent)
         want = sum(i is not None for i in ids)
@@ -152,7 +152,7 @@ def stream(cfg: KafkaConfig, events: list[tuple[bytes, bytes]], ids: list, store
                         int(scored["degraded"].sum()), seconds)
 
 
-def _wait_assigned(handle, timeout_s: float = 60.0) -> None:
+def wait_assigned(handle, timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not handle.ready.remote().result():
         if time.monotonic() > deadline:

@@ -71,14 +71,15 @@ def stop(proc: subprocess.Popen, timeout_s: float = 5.0) -> None:
 
 
 @contextmanager
-def redis_server(port: int | None = None) -> Iterator[str]:
-    """A memory-only redis-server; yields its ``host:port``."""
+def redis_server(port: int | None = None, *options: str) -> Iterator[str]:
+    """A memory-only redis-server (``options``: more of its flags, e.g. ``--requirepass``);
+    yields its ``host:port``."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise ConfigError("no redis-server binary on PATH (Debian: apt-get install redis-server)")
     port = port or free_port()
     proc = spawn([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                  "--protected-mode", "yes"], subprocess.DEVNULL)
+                  "--protected-mode", "yes", *options], subprocess.DEVNULL)
     try:
         wait_for_port(port, 10.0, proc)
         yield f"127.0.0.1:{port}"

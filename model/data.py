@@ -105,7 +105,8 @@ def hide_questions(q_idx: np.ndarray, sel: np.ndarray, key_question: np.ndarray,
 
 
 def to_batch(q_idx: np.ndarray, sel: np.ndarray, sources: list[SourceArrays], device="cpu") -> Batch:
-    """numpy → torch, trimming survey padding to the longest session in the batch."""
+    """numpy → torch, trimming survey padding to the longest session in the batch and each
+    sequence's padding to the longest sequence in the batch."""
     t = max(1, int((q_idx > 0).sum(1).max(initial=0)))
     order = np.argsort(q_idx == 0, axis=1, kind="stable")[:, :t]  # pack visible tokens left
     q_idx = np.take_along_axis(q_idx, order, 1)
@@ -114,10 +115,12 @@ def to_batch(q_idx: np.ndarray, sel: np.ndarray, sources: list[SourceArrays], de
     def tensor(x, dtype):
         return torch.as_tensor(np.ascontiguousarray(x)).to(device=device, dtype=dtype)
 
-    return Batch(
-        q_idx=tensor(q_idx, torch.long), sel=tensor(sel, torch.long),
-        sources=[SourceBatch(tensor(s.num, torch.float32), tensor(s.num_missing, torch.bool),
-                             tensor(s.cat, torch.long), tensor(s.seq_cat, torch.long),
-                             tensor(s.seq_val, torch.float32), tensor(s.seq_mask, torch.bool),
-                             tensor(s.present, torch.bool)) for s in sources],
-    )
+    def source(s: SourceArrays) -> SourceBatch:
+        # sequences are left-aligned: trailing positions no row uses are padding for everyone
+        L = max(1, int(s.seq_mask.sum(1).max(initial=0))) if s.seq_mask.shape[1] else 0
+        return SourceBatch(tensor(s.num, torch.float32), tensor(s.num_missing, torch.bool),
+                           tensor(s.cat, torch.long), tensor(s.seq_cat[:, :L], torch.long),
+                           tensor(s.seq_val[:, :L], torch.float32), tensor(s.seq_mask[:, :L], torch.bool),
+                           tensor(s.present, torch.bool))
+
+    return Batch(q_idx=tensor(q_idx, torch.long), sel=tensor(sel, torch.long), sources=[source(s) for s in sources])

@@ -168,12 +168,12 @@ class SourceTokens(nn.Module):
             parts.append(t + self.cat_col)
             masks.append(s.present.new_ones(B, len(self.dims.cat_cards)))
         if self.dims.seq_card:
-            t = self.seq_emb(s.seq_cat)  # (B, L, D)
+            t = self.seq_emb(s.seq_cat)  # (B, L, D), L ≤ max_len
             if self.seq_val is not None:
                 t = t + self.seq_val(s.seq_val)
             m = s.seq_mask[..., None].to(t.dtype)
             bag = (t * m).sum(1, keepdim=True) / m.sum(1, keepdim=True).clamp_min(1.0)  # (B, 1, D)
-            parts += [t + self.seq_pos, bag + self.bag]
+            parts += [t + self.seq_pos[: t.shape[1]], bag + self.bag]  # batches may trim padding
             masks += [s.seq_mask, s.seq_mask.any(1, keepdim=True)]
         x = torch.cat(parts, 1) + self.source  # (B, Ts, D)
         return x, torch.cat(masks, 1) & s.present[:, None]
@@ -233,8 +233,10 @@ class Lantern(nn.Module):
         token_source = torch.cat([torch.full((m.shape[1],), i, device=m.device) for i, (_, m) in enumerate(outs)])
         return torch.cat([x for x, _ in outs], 1), torch.cat([m for _, m in outs], 1), token_source
 
-    def forward(self, batch: Batch, return_aux: bool = False, survey_only_path: bool = False):
-        """Logits (B, K); with ``return_aux`` also a dict of gate / attention diagnostics."""
+    def forward(self, batch: Batch, return_aux: bool = False, survey_only_path: bool = False,
+                aux_attention: bool = True):
+        """Logits (B, K); with ``return_aux`` also a dict of gate / attention diagnostics
+        (``aux_attention=False``: no attention weights, so the fused attention kernel runs)."""
         variant, aux = self.cfg.variant, {}
         q_idx = torch.zeros_like(batch.q_idx) if variant == "external_only" else batch.q_idx
         x, mask_s = self.survey_tokens(q_idx, batch.sel * (q_idx > 0)[..., None])  # (B, 1+T, D)
@@ -246,14 +248,16 @@ class Lantern(nn.Module):
         if variant in ("lantern", "external_only") and not survey_only_path:
             ext, mask_e, token_source = self._external(batch)
             has_ext = mask_e.any(-1)[:, None, None]  # (B, 1, 1)
-            h_t, att = self.cross(h, ext, _attendable(mask_e), need_weights=return_aux)  # (B, Tq, D)
+            weights = return_aux and aux_attention
+            h_t, att = self.cross(h, ext, _attendable(mask_e), need_weights=weights)  # (B, Tq, D)
             if variant == "lantern":
                 g = torch.sigmoid(self.gate(torch.cat([h, h_t], -1))) * has_ext  # (B, Tq, D)
                 h = torch.where(has_ext, h + g * (h_t - h), h)
             else:
                 g, h = has_ext.expand_as(h).to(h.dtype), torch.where(has_ext, h_t, h)
             if return_aux:
-                aux.update(gate=g.mean(-1), attention=att.mean(1), token_source=token_source, survey_mask=mask_s,
+                aux.update(gate=g.mean(-1), attention=None if att is None else att.mean(1),
+                           token_source=token_source, survey_mask=mask_s,
                            has_external=has_ext[:, 0, 0])
         if self.training and self.cfg.fusion_noise > 0:
             h = h + self.cfg.fusion_noise * torch.randn_like(h)

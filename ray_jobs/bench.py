@@ -19,12 +19,14 @@ import torch
 BATCHES = (64, 256, 1024)
 
 
-def _trained_registry(root: Path, ds, settings, log):
+def trained_registry(root: Path, ds, settings, log, preset: str = "small", epochs: int = 1):
+    """LANTERN (``preset``) fitted for ``epochs`` on ``ds``, registered and promoted as v0001 in
+    ``root/registry``: a benchmark's model, trained enough to score like one."""
     from model.checkpoint import save_model
     from model.train import fit, prepare
     from ray_jobs.registry import Registry
 
-    tc = replace(settings.train, variant="lantern", preset="small", epochs=1)
+    tc = replace(settings.train, variant="lantern", preset=preset, epochs=epochs)
     prep = prepare(ds, tc)
     model, history = fit(prep, tc, progress=False)
     reg = Registry(root / "registry")
@@ -92,7 +94,7 @@ def bench_serve(settings, users: int = 3000, rows: int = 4096, rounds: int = 3, 
     events = sessions_to_events(ds.sessions)
     with tempfile.TemporaryDirectory(prefix="lantern-bench-serve-") as tmp:
         root = Path(tmp)
-        reg, prep, model = _trained_registry(root, ds, settings, log)
+        reg, prep, model = trained_registry(root, ds, settings, log)
         half = half_precision_effect(model, prep.test)
         log(f"fp16 autocast vs fp32: F1 {half['f1_fp16']:.5f} vs {half['f1_fp32']:.5f} "
             f"(delta {half['f1_delta']:+.5f}), {half['decisions_flipped']} of {half['decisions']} decisions flipped")

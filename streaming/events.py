@@ -47,6 +47,9 @@ class EventError:
     field: str = ""
 
 
+_is_str = str.__instancecheck__  # isinstance(x, str) as a C function, for map()
+
+
 def _wrong(field: str, expected: str, value) -> EventError:
     return EventError("wrong_types", f"{field} must be {expected}, got {type(value).__name__}", field)
 
@@ -81,13 +84,16 @@ def parse_event(raw: bytes, q: Questionnaire, max_bytes: int = MAX_EVENT_BYTES) 
     if not isinstance(answers, list):
         return _wrong("answers", "a list", answers)
     parsed = []
-    for i, a in enumerate(answers):
-        if not isinstance(a, dict) or not isinstance(a.get("question_id"), str):
-            return _wrong(f"answers[{i}].question_id", "a string", a.get("question_id") if isinstance(a, dict) else a)
+    for i, a in enumerate(answers):  # the hot loop of the stream's parse stage: C-level checks only
+        if not isinstance(a, dict):
+            return _wrong(f"answers[{i}]", "an object with question_id and option_ids", a)
+        qid = a.get("question_id")
+        if not isinstance(qid, str):
+            return _wrong(f"answers[{i}].question_id", "a string", qid)
         options = a.get("option_ids")
-        if not isinstance(options, list) or not all(isinstance(o, str) for o in options):
+        if not isinstance(options, list) or not all(map(_is_str, options)):
             return _wrong(f"answers[{i}].option_ids", "a list of strings", options)
-        parsed.append((a["question_id"], tuple(options)))
+        parsed.append((qid, tuple(options)))
     if not any(options for _, options in parsed):
         return EventError("empty_answers", "the session answers no question", "answers")
     problem = answers_problem(q, parsed)
@@ -113,13 +119,25 @@ def sessions_to_events(sessions: pa.Table) -> list[tuple[bytes, bytes]]:
 
 
 def events_to_sessions(events: list[SessionEvent]) -> pa.Table:
-    """Validated events → a contract sessions table (what the encoders and the archive take)."""
+    """Validated events → a contract sessions table (what the encoders and the archive take).
+    The nested answers column is assembled from flat string arrays and offsets: no Python dict
+    per answer for Arrow to convert (~6x faster, docs/performance.md)."""
+    qids: list[str] = []
+    options: list[str] = []
+    answer_ends, option_ends = [0], [0]
+    for event in events:
+        for qid, opts in event.answers:
+            qids.append(qid)
+            options.extend(opts)
+            option_ends.append(len(options))
+        answer_ends.append(len(qids))
+    option_lists = pa.ListArray.from_arrays(pa.array(option_ends, pa.int32()), pa.array(options, pa.string()))
+    answers = pa.StructArray.from_arrays([pa.array(qids, pa.string()), option_lists], fields=list(schema.ANSWER))
     return pa.table({
         "session_id": [e.session_id for e in events],
         "user_id": [e.user_id for e in events],
         "completed_at": pa.array([e.completed_at for e in events], schema.TIMESTAMP),
-        "answers": pa.array([[{"question_id": qid, "option_ids": list(opts)} for qid, opts in e.answers]
-                             for e in events], schema.SESSIONS.field("answers").type),
+        "answers": pa.ListArray.from_arrays(pa.array(answer_ends, pa.int32()), answers),
     }, schema=schema.SESSIONS)
 
 

@@ -65,6 +65,17 @@ def replay(cfg: KafkaConfig, events: list[tuple[bytes, bytes]], rate: float | No
     return len(events)
 
 
+#: per-partition batch bytes: a micro-batch's scores (~2 KB each) travel in a few requests, not
+#: one per 16 KB (kafka-python's default) — ~1.8x the produce rate here (docs/performance.md)
+PRODUCER_BATCH_BYTES = 1 << 20
+
+
+def outputs_producer(cfg: KafkaConfig) -> KafkaProducer:
+    """The scorer's producer for scores and dead letters: idempotent, every replica acknowledged."""
+    return KafkaProducer(acks="all", enable_idempotence=True, linger_ms=2, batch_size=PRODUCER_BATCH_BYTES,
+                         max_block_ms=int(cfg.flush_timeout_s * 1000), **cfg.client_options())
+
+
 @dataclass
 class ScoreStats:
     consumed: int = 0
@@ -179,8 +190,7 @@ class KafkaScorer(Stopper):
             raise OutputsNotAcknowledged(f"{len(failed)} of {len(sent)} outputs failed: {first}")
 
     def _new_producer(self) -> KafkaProducer:
-        return KafkaProducer(acks="all", enable_idempotence=True, linger_ms=2,
-                             max_block_ms=int(self.cfg.flush_timeout_s * 1000), **self.cfg.client_options())
+        return outputs_producer(self.cfg)
 
     def run(self) -> ScoreStats:
         producers = [self._new_producer()]

@@ -58,11 +58,29 @@ class Predictor(Protocol):
         ...
 
 
-@torch.no_grad()
+#: rows per forward chunk on a CPU: sessions sorted by length and cut into chunks, each padded
+#: only to its own longest session (half the survey tokens of a micro-batch are padding otherwise)
+CPU_CHUNK_ROWS = 64
+
+
+@torch.inference_mode()
 def forward(model: torch.nn.Module, q_idx: np.ndarray, sel: np.ndarray, sources: list,
             device: torch.device, half: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """One forward pass over encoded sessions → (probabilities (B, K), mean gate (B,)).
-    ``half``: fp16 autocast (matmuls and attention in fp16, reductions and norms in fp32)."""
+    """Forward passes over encoded sessions → (probabilities (B, K), mean gate (B,)), in the
+    input's row order. On a CPU the rows go in length-sorted chunks (less padding); a GPU takes
+    the batch whole. ``half``: fp16 autocast (matmuls and attention in fp16, reductions in fp32)."""
+    n = len(q_idx)
+    if device.type != "cpu" or n <= CPU_CHUNK_ROWS:
+        return _forward_batch(model, q_idx, sel, sources, device, half)
+    order = np.argsort((q_idx > 0).sum(1), kind="stable")
+    probs, gate = np.empty((n, model.cfg.n_keys), np.float32), np.empty(n, np.float32)
+    for rows in np.array_split(order, -(-n // CPU_CHUNK_ROWS)):
+        probs[rows], gate[rows] = _forward_batch(model, q_idx[rows], sel[rows], [s.take(rows) for s in sources],
+                                                 device, half)
+    return probs, gate
+
+
+def _forward_batch(model, q_idx, sel, sources, device, half) -> tuple[np.ndarray, np.ndarray]:
     batch = to_batch(q_idx, sel, sources, device)
     with torch.autocast(device.type, dtype=torch.float16, enabled=half):
         return _forward(model, batch, len(q_idx))
@@ -70,7 +88,7 @@ def forward(model: torch.nn.Module, q_idx: np.ndarray, sel: np.ndarray, sources:
 
 def _forward(model: torch.nn.Module, batch, n: int) -> tuple[np.ndarray, np.ndarray]:
     if getattr(model.cfg, "variant", "") == "lantern":
-        logits, aux = model(batch, return_aux=True)
+        logits, aux = model(batch, return_aux=True, aux_attention=False)  # the gate only: fused attention
         mask = aux["survey_mask"][:, 1:].float()
         gate = (aux["gate"][:, 1:] * mask).sum(1) / mask.sum(1).clamp_min(1)
         gate = torch.where(aux["has_external"], gate, torch.full_like(gate, float("nan")))

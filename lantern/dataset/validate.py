@@ -30,24 +30,27 @@ class Problem:
 def answers_problem(q: Questionnaire, answers: Iterable[Answer]) -> Problem | None:
     """The first contract violation in one session's answers, else None."""
     given: dict[str, Sequence[str]] = {}
-    for i, (qid, options) in enumerate(answers):
-        question = q.by_id.get(qid)
+    by_id = q.by_id
+    for i, (qid, options) in enumerate(answers):  # runs on every stream event: set operations, no loops
+        question = by_id.get(qid)
         if question is None:
             return Problem(f"answers[{i}].question_id", f"unknown question id {qid!r}", "unknown_question")
         if qid in given:
             return Problem(f"answers[{i}].question_id", f"question {qid!r} answered twice", "duplicate_answer")
-        unknown = [o for o in options if o not in question.option_ids]
-        if unknown:
+        if not question.option_ids.issuperset(options):
+            unknown = [o for o in options if o not in question.option_ids]
             return Problem(f"answers[{i}].option_ids", f"unknown option ids {unknown} for question {qid!r}",
                            "unknown_option")
-        if len(set(options)) != len(options):
-            return Problem(f"answers[{i}].option_ids", f"repeated option ids for question {qid!r}", "repeated_option")
-        if question.kind == "single" and len(options) > 1:
-            return Problem(f"answers[{i}].option_ids",
-                           f"single-select question {qid!r} has {len(options)} options selected", "single_select")
+        if len(options) > 1:
+            if len(set(options)) != len(options):
+                return Problem(f"answers[{i}].option_ids", f"repeated option ids for question {qid!r}",
+                               "repeated_option")
+            if question.kind == "single":
+                return Problem(f"answers[{i}].option_ids",
+                               f"single-select question {qid!r} has {len(options)} options selected", "single_select")
         given[qid] = options
     for i, qid in enumerate(given):
-        cond = q.by_id[qid].condition
+        cond = by_id[qid].condition
         if cond is None:
             continue
         parent = given.get(cond.question_id, ())

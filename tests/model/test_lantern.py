@@ -53,6 +53,18 @@ def test_gate_is_zero_without_external_and_in_unit_interval_otherwise(small_ds, 
     torch.testing.assert_close(att.sum(-1), torch.ones_like(att.sum(-1)))
 
 
+def test_the_scorers_aux_without_attention_weights_has_the_same_logits_and_gate(small_ds, encoded):
+    spec, data = encoded
+    model = _model(small_ds, spec).eval()
+    batch = _batch(data, range(64))
+    with torch.no_grad():
+        logits, aux = model(batch, return_aux=True)
+        fused_logits, fused_aux = model(batch, return_aux=True, aux_attention=False)
+    assert fused_aux["attention"] is None  # the fused kernel ran: no weights to return
+    torch.testing.assert_close(fused_logits, logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fused_aux["gate"], aux["gate"], atol=1e-5, rtol=1e-5)
+
+
 def test_no_external_data_gives_exactly_the_survey_only_path(small_ds, encoded):
     spec, data = encoded
     model = _model(small_ds, spec)
@@ -113,3 +125,23 @@ def test_training_mode_adds_fusion_noise_eval_is_deterministic(small_ds, encoded
     torch.testing.assert_close(model(batch), model(batch))
     model.train()
     assert not torch.allclose(model(batch), model(batch))
+
+
+def test_the_scorers_length_sorted_chunks_answer_like_one_untrimmed_batch(small_ds, encoded):
+    """streaming.scoring.forward sorts rows by length, cuts chunks and trims each chunk's
+    padding (survey tokens and sequence positions); rows come back in input order, equal to
+    one pass over the whole batch with every sequence position kept."""
+    from streaming.scoring import CPU_CHUNK_ROWS, _forward, forward
+
+    spec, data = encoded
+    model = _model(small_ds, spec)
+    sub = data.take(np.arange(3 * CPU_CHUNK_ROWS + 5))
+    full = to_batch(sub.survey.q_idx, sub.survey.sel, sub.sources)
+    for source, arrays in zip(full.sources, sub.sources):  # undo the sequence trim: every position
+        source.seq_cat, source.seq_mask = torch.as_tensor(arrays.seq_cat), torch.as_tensor(arrays.seq_mask)
+        source.seq_val = torch.as_tensor(arrays.seq_val)
+    with torch.no_grad():
+        whole_probs, whole_gate = _forward(model, full, len(sub.survey.q_idx))
+    probs, gate = forward(model, sub.survey.q_idx, sub.survey.sel, sub.sources, torch.device("cpu"))
+    np.testing.assert_allclose(probs, whole_probs, atol=1e-5)
+    np.testing.assert_allclose(gate, whole_gate, atol=1e-5)

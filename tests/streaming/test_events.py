@@ -72,6 +72,18 @@ def test_every_poison_pill_is_an_error_with_its_kind(small_ds, events, kind):
     assert got.kind == expected and got.message
 
 
+@pytest.mark.parametrize("answers, field", [
+    (["q01"], "answers[0]"),
+    ([{"question_id": 3, "option_ids": []}], "answers[0].question_id"),
+    ([{"question_id": "q01", "option_ids": "o1"}], "answers[0].option_ids"),
+    ([{"question_id": "q01", "option_ids": ["o1", 2]}], "answers[0].option_ids"),
+    ([{"question_id": "q01", "option_ids": ["o1", "o1"]}], "answers[0].option_ids"),
+])
+def test_each_answer_is_checked_and_the_error_names_its_field(small_ds, events, answers, field):
+    got = parse_event(_mutate(events[0][1], lambda b: b.update(answers=answers)), small_ds.questionnaire)
+    assert isinstance(got, EventError) and got.field == field, got
+
+
 def test_scores_carry_exact_float32_probabilities(small_ds, events):
     q = small_ds.questionnaire
     event = parse_event(events[0][1], q)

@@ -1,0 +1,116 @@
+"""Each stage of the scoring pipeline on its own, on the same messages: the stage's ceiling.
+
+The pipeline per micro-batch (``kafka.max_poll_records`` records) is: consume → parse (bytes →
+validated events) → features (one online lookup) → encode (events + features → model arrays) →
+model (one forward pass) → produce (score records encoded, sent, flushed). Here each stage runs
+alone, batch after batch, in this process, with the CPU share a Serve replica has (one torch
+thread), so ``events / seconds`` is what that stage could sustain if it were the only work.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from streaming.config import KafkaConfig
+from streaming.scoring import BatchScorer, Encoded, Record
+
+STAGES = ("consume", "parse", "features", "encode", "model", "produce")
+
+
+@dataclass
+class StageTimes:
+    events: int
+    seconds: dict[str, float]
+
+    def ceilings_eps(self) -> dict[str, float]:
+        return {stage: self.events / s for stage, s in self.seconds.items()}
+
+    def shares(self, pipeline_eps: float) -> dict[str, float]:
+        """Each stage's seconds per event as a fraction of the pipeline's (1 / throughput). Stages
+        in different processes overlap, so these may sum past 1; what is left below 1 is the
+        pipeline's own cost (handle calls, serialisation, waiting)."""
+        return {stage: pipeline_eps * s / self.events for stage, s in self.seconds.items()}
+
+
+def consume_all(cfg: KafkaConfig, topic: str, expected: int, timeout_s: float = 120.0) -> tuple[float, list[Record]]:
+    """Every record of ``topic`` read from the start by a bare kafka-python consumer with the
+    scorer's fetch settings (no group, no processing): (seconds, records)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(enable_auto_commit=False, max_poll_records=cfg.max_poll_records, **cfg.client_options())
+    try:
+        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        consumer.assign(parts)
+        consumer.seek_to_beginning(*parts)
+        records: list[Record] = []
+        deadline = time.monotonic() + timeout_s
+        t0 = time.perf_counter()
+        while len(records) < expected and time.monotonic() < deadline:
+            for tp, msgs in consumer.poll(timeout_ms=200).items():
+                records += [Record(tp.topic, tp.partition, m.offset, m.key, m.value, m.timestamp) for m in msgs]
+        seconds = time.perf_counter() - t0
+    finally:
+        consumer.close()
+    if len(records) < expected:
+        raise TimeoutError(f"read {len(records)} of {expected} records from {topic} in {timeout_s:.0f} s")
+    return seconds, records
+
+
+def _timed(fn: Callable, items: list) -> tuple[float, list]:
+    """Seconds for ``fn`` over ``items``. What earlier stages left in memory (every record and
+    event of the run) is frozen out of the garbage collector's scans first: the pipeline holds
+    one micro-batch at a time, and a full collection over 50K events' objects is not its cost."""
+    gc.collect()
+    gc.freeze()
+    try:
+        t0 = time.perf_counter()
+        out = [fn(item) for item in items]
+        return time.perf_counter() - t0, out
+    finally:
+        gc.unfreeze()
+
+
+def measure_stages(cfg: KafkaConfig, topic: str, expected: int, scorer: BatchScorer, model: torch.nn.Module,
+                   produce_topic: str, threads: int = 1) -> StageTimes:
+    """Each stage alone over the same ``expected`` records of ``topic``, in micro-batches."""
+    from model.data import encode_sessions
+    from streaming.events import events_to_sessions
+    from streaming.kafka_io import outputs_producer
+    from streaming.scoring import forward
+
+    seconds: dict[str, float] = {}
+    seconds["consume"], records = consume_all(cfg, topic, expected)
+    batches = [records[i:i + cfg.max_poll_records] for i in range(0, len(records), cfg.max_poll_records)]
+    seconds["parse"], parsed = _timed(scorer.parse, batches)
+    events = [[e for _, e in good] for good, _ in parsed]
+    seconds["features"], looked_up = _timed(lambda ev: scorer.lookup([e.user_id for e in ev])[0], events)
+    seconds["encode"], encoded = _timed(
+        lambda pair: encode_sessions(scorer.q, events_to_sessions(pair[0]), scorer.spec, pair[1]),
+        list(zip(events, looked_up)))
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        device = next(model.parameters()).device
+        seconds["model"], predicted = _timed(
+            lambda data: forward(model, data.survey.q_idx, data.survey.sel, data.sources, device), encoded)
+    finally:
+        torch.set_num_threads(previous)
+    producer = outputs_producer(cfg)
+    try:
+        def produce(i: int) -> None:
+            from streaming.scoring import Prediction
+
+            enc = Encoded(events[i], encoded[i], parsed[i][1], False)
+            for key, value in scorer.finish(enc, Prediction(*predicted[i], "bench")).scores:
+                producer.send(produce_topic, key=key, value=value)
+            producer.flush()
+
+        seconds["produce"], _ = _timed(produce, list(range(len(batches))))
+    finally:
+        producer.close()
+    return StageTimes(len(records), seconds)

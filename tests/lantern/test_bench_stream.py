@@ -1,0 +1,65 @@
+"""`lantern bench stream`: its measures on known inputs, and one small run end to end in a child
+process (embedded broker, Feast, Ray Serve with 1 and 2 scorer actors) whose JSON must account
+for every event."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import datetime, timezone
+
+import numpy as np
+import pytest
+
+from lantern.bench_stream import _session_id, latency_figures, sustained_eps
+from lantern.stream_stages import STAGES, StageTimes
+
+pytestmark = pytest.mark.slow
+
+
+def test_sustained_rate_skips_the_warm_up_and_latency_matches_by_session():
+    # 20 slow scores (warm-up: the first 5 % of 400), then 380 at one per 2 ms
+    stamps = list(range(0, 20_000, 1000)) + [20_000 + 2 * i for i in range(380)]
+    assert sustained_eps(stamps) == pytest.approx(500, rel=0.01)
+    sent = {b"s1": 1000, b"s2": 1000, b"s3": 1000}
+    got = latency_figures(sent, [(1010, b"s1"), (1100, b"s2"), (1050, b"other")])
+    assert (got["scored"], got["sent"], got["p50"]) == (2, 3, 55.0)
+
+
+def test_the_session_id_is_read_from_a_real_score_record():
+    from lantern.dataset.questionnaire import Questionnaire
+    from lantern.dataset.simulate import SimConfig, simulate
+    from streaming.events import SessionEvent, score_bytes
+
+    q: Questionnaire = simulate(SimConfig(users=100)).questionnaire
+    event = SessionEvent("sess-7", "user-3", datetime.now(timezone.utc), ())
+    value = score_bytes(event, np.zeros(q.n_keys, np.float32), q, "v0001", 0.5, [], None, datetime.now(timezone.utc))
+    assert _session_id(value) == b"sess-7"
+
+
+def test_stage_shares_are_seconds_per_event_over_the_pipelines():
+    times = StageTimes(1000, {"consume": 0.1, "model": 0.5})
+    assert times.ceilings_eps() == {"consume": 10_000, "model": 2000}
+    assert times.shares(1000) == pytest.approx({"consume": 0.1, "model": 0.5})
+
+
+def test_bench_stream_end_to_end_with_one_and_two_actors(tmp_path):
+    out = tmp_path / "bench_stream.json"
+    env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP"}  # its own embedded broker
+    env.update(LANTERN_PATHS__REPORTS=str(tmp_path / "reports"), COLUMNS="200")
+    run = subprocess.run([sys.executable, "-m", "lantern.cli", "bench", "stream", "--events", "1000",
+                          "--actors", "1,2", "--latency-seconds", "2", "--json", str(out)],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert set(result["ceilings_eps"]) == set(STAGES) and all(v > 0 for v in result["ceilings_eps"].values())
+    assert {n: r["scored"] for n, r in result["runs"].items()} == {"1": 1000, "2": 1000}  # every event, once
+    assert result["throughput_eps"] > 0 and set(result["scaling"]) == {"2_vs_1"}
+    assert result["ratio_to_consume_ceiling"] == pytest.approx(result["throughput_eps"]
+                                                               / result["ceilings_eps"]["consume"])
+    for load in ("load50", "load90"):
+        figures = result["latency_ms"][load]
+        assert figures["scored"] == figures["sent"] > 0 and 0 < figures["p50"] <= figures["p99"]
+    assert set(result["share_of_pipeline_time"]) == set(STAGES)
