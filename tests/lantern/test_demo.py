@@ -87,8 +87,11 @@ def test_demo_runs_every_step_and_prints_what_it_reports(tmp_path):
 
 
 def test_ctrl_c_leaves_no_process_behind(tmp_path):
+    # as from a terminal: a runner started in the background (nohup, `cmd &`) hands its children
+    # SIGINT ignored, and Python then never turns Ctrl-C into KeyboardInterrupt
     proc = subprocess.Popen([sys.executable, "-m", "lantern.cli", "demo"], env=demo_env(tmp_path),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         for line in proc.stdout:  # interrupt once Ray and the broker are both up
             if "train with Ray Train" in line:

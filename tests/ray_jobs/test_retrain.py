@@ -1,12 +1,12 @@
 """Ray Train on local Ray (CPU, 2 workers): as good as single-process training on the same data
-and epochs, and a worker failure mid-run resumes from the last checkpoint."""
+and epochs (the same losses), and a worker failure mid-run resumes from the last checkpoint."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from model.evaluate import predict
-from model.metrics import prf
 from model.train import TrainConfig, fit, prepare
 from ray_jobs.config import RetrainConfig
 from ray_jobs.train import retrain
@@ -14,24 +14,30 @@ from ray_jobs.train import retrain
 TC = TrainConfig(variant="lantern", epochs=3, batch_size=128, seed=5, patience=10)
 
 
-def _test_f1(model, prep) -> float:
-    return prf(predict(model, prep.test), prep.test.y, prep.test.loss_mask)["f1"]
+def _test_loss(model, prep) -> float:
+    """Held-out masked BCE: continuous, so two equally good runs agree closely even after 3
+    epochs, where F1 at the 0.5 threshold is still near zero and moves by ±0.02 with the seed."""
+    p = np.clip(predict(model, prep.test), 1e-7, 1 - 1e-7)
+    y, mask = prep.test.y, prep.test.loss_mask.astype(bool)
+    return float(-(y * np.log(p) + (1 - y) * np.log1p(-p))[mask].mean())
 
 
 @pytest.fixture(scope="module")
 def single(small_ds):
     prep = prepare(small_ds, TC)
     model, history = fit(prep, TC, progress=False)
-    return _test_f1(model, prep), history
+    return _test_loss(model, prep), history
 
 
 def test_two_workers_match_single_process_training(ray_cluster, small_ds, single, tmp_path):
     result = retrain(small_ds, TC, RetrainConfig(num_workers=2, storage=tmp_path, run_name="ddp"), log=lambda m: None)
-    ours = _test_f1(result.model, result.prepared)
     theirs, history = single
     assert [h["epoch"] for h in result.history] == [1, 2, 3]
-    assert abs(ours - theirs) <= 0.01, (ours, theirs)
-    assert abs(result.best_val_f1 - history["best_val_f1"]) <= 0.01
+    # every epoch's training loss and the held-out loss within 2 %: a run without gradient
+    # averaging (each worker on half the data, half the steps) ends several % higher
+    for ours_epoch, theirs_epoch in zip(result.history, history["history"]):
+        assert ours_epoch["loss"] == pytest.approx(theirs_epoch["loss"], rel=0.02)
+    assert _test_loss(result.model, result.prepared) == pytest.approx(theirs, rel=0.02)
 
 
 def test_a_worker_failure_resumes_from_the_last_checkpoint(ray_cluster, recent_ds, tmp_path):
