@@ -118,6 +118,7 @@ def to_batch(q_idx: np.ndarray, sel: np.ndarray, sources: list[SourceArrays], de
     def source(s: SourceArrays) -> SourceBatch:
         # sequences are left-aligned: trailing positions no row uses are padding for everyone
         L = max(1, int(s.seq_mask.sum(1).max(initial=0))) if s.seq_mask.shape[1] else 0
+        assert not s.seq_mask[:, L:].any(), "sequence elements must be left-aligned (model.encoding)"
         return SourceBatch(tensor(s.num, torch.float32), tensor(s.num_missing, torch.bool),
                            tensor(s.cat, torch.long), tensor(s.seq_cat[:, :L], torch.long),
                            tensor(s.seq_val[:, :L], torch.float32), tensor(s.seq_mask[:, :L], torch.bool),
