@@ -67,16 +67,19 @@ class ScoreCollector:
         finally:
             consumer.close()
 
-    def wait_for(self, count: int, since_ms: int = 0, stall_s: float = 60.0) -> list[tuple[int, bytes]]:
-        """Until ``count`` scores stamped at or after ``since_ms`` arrived (or none came for ``stall_s``)."""
+    def mark(self) -> int:
+        """Where the next phase's scores start (every earlier phase's scores have arrived)."""
+        return len(self.seen)
+
+    def wait_for(self, count: int, start: int = 0, stall_s: float = 60.0) -> list[tuple[int, bytes]]:
+        """Until ``count`` scores arrived after ``start`` (or none came for ``stall_s``). The wait
+        only compares lengths: the pipeline it measures shares these cores."""
         last, changed = -1, time.monotonic()
-        while True:
-            got = [s for s in list(self.seen) if s[0] >= since_ms]
-            if len(got) >= count or time.monotonic() - changed > stall_s:
-                return got
-            if len(got) != last:
-                last, changed = len(got), time.monotonic()
+        while (got := len(self.seen) - start) < count and time.monotonic() - changed <= stall_s:
+            if got != last:
+                last, changed = got, time.monotonic()
             time.sleep(0.1)
+        return self.seen[start:]
 
     def stop(self) -> None:
         self._stop.set()
@@ -217,11 +220,11 @@ def _latency(run: KafkaConfig, events, rate: float, seconds: float, collector: S
     from streaming.kafka_io import replay
 
     chosen = events[:max(1, min(len(events), int(rate * seconds)))]
-    since_ms = time.time_ns() // 1_000_000
+    start = collector.mark()
     sent_ms: list[int] = []
     replay(run, chosen, rate=rate, progress=False, sent_ms=sent_ms)
     sent = {_session_id(value): ms for (_, value), ms in zip(chosen, sent_ms)}
-    figures = {"rate_eps": rate, **latency_figures(sent, collector.wait_for(len(chosen), since_ms))}
+    figures = {"rate_eps": rate, **latency_figures(sent, collector.wait_for(len(chosen), start))}
     log(f"at {rate:,.0f} events/s: latency p50 {figures['p50']:.0f} ms, p99 {figures['p99']:.0f} ms "
         f"({figures['scored']} of {figures['sent']} scored)")
     return figures
