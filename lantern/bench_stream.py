@@ -119,7 +119,7 @@ def run_bench_stream(settings: LanternSettings, bench: StreamBench, bootstrap: s
     with ExitStack() as stack:
         broker = stack.enter_context(launch_broker(bootstrap))
         log(f"{broker.kind} broker at {broker.bootstrap}")
-        s, ds, store, scorer, model = _setup(settings, bench, root, log)
+        s, ds, scorer, model = _setup(settings, bench, root, log)
         events = _events(ds, bench.events)
         kafka = replace(s.kafka, bootstrap=broker.bootstrap, dlq_topic="bench.dlq")
         replay_eps = _preload(kafka, "bench.sessions.1", events)
@@ -129,7 +129,7 @@ def run_bench_stream(settings: LanternSettings, bench: StreamBench, bootstrap: s
         start_local_ray(stack)
         runs = {}
         for n in bench.actors:
-            runs[n] = _run_actors(s, kafka, store, events, n, bench if n == bench.actors[0] else None, log)
+            runs[n] = _run_actors(s, kafka, events, n, bench if n == bench.actors[0] else None, log)
     return _result(s, bench, broker.kind, replay_eps, stages, runs)
 
 
@@ -151,10 +151,10 @@ def _setup(settings: LanternSettings, bench: StreamBench, root, log):
     save_dataset(simulate(s.simulate), root / "data")
     ds = load_dataset(root / "data")
     store = fill_feature_store(s, ds)
-    registry, _, model = trained_registry(root, ds, s, log, preset=bench.preset)
+    registry, _, _ = trained_registry(root, ds, s, log, preset=bench.preset)
     loaded = registry.load(None, str(resolve_device(s.serve.device)))  # the replicas' device: a GPU when there is one
     scorer = BatchScorer(loaded.questionnaire, loaded.features, None, OnlineLookup(store), s.demo.threshold)
-    return s, ds, store, scorer, loaded.model.eval()
+    return s, ds, scorer, loaded.model.eval()
 
 
 def _events(ds, n: int) -> list[tuple[bytes, bytes]]:
@@ -182,8 +182,7 @@ def _measure_stages(kafka: KafkaConfig, topic: str, n: int, scorer, model, num_c
     return measure_stages(kafka, topic, n, scorer, model, "bench.produce", threads=max(1, int(num_cpus)))
 
 
-def _run_actors(s: LanternSettings, kafka: KafkaConfig, store, events, n: int, latency: StreamBench | None,
-                log) -> dict:
+def _run_actors(s: LanternSettings, kafka: KafkaConfig, events, n: int, latency: StreamBench | None, log) -> dict:
     """``n`` scorer replicas and ``n`` consumers drain a preloaded topic; then the latency loads."""
     from ray import serve
 
@@ -225,8 +224,8 @@ def _latency(run: KafkaConfig, events, rate: float, seconds: float, collector: S
     replay(run, chosen, rate=rate, progress=False, sent_ms=sent_ms)
     sent = {_session_id(value): ms for (_, value), ms in zip(chosen, sent_ms)}
     figures = {"rate_eps": rate, **latency_figures(sent, collector.wait_for(len(chosen), start))}
-    log(f"at {rate:,.0f} events/s: latency p50 {figures['p50']:.0f} ms, p99 {figures['p99']:.0f} ms "
-        f"({figures['scored']} of {figures['sent']} scored)")
+    shown = f"p50 {figures['p50']:.0f} ms, p99 {figures['p99']:.0f} ms" if figures["scored"] else "nothing scored"
+    log(f"at {rate:,.0f} events/s: latency {shown} ({figures['scored']} of {figures['sent']} scored)")
     return figures
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from streaming.config import KafkaConfig
-from streaming.scoring import BatchScorer, Encoded, Record
+from streaming.scoring import BatchScorer, Encoded, Prediction, Record
 
 STAGES = ("consume", "parse", "features", "encode", "model", "produce")
 
@@ -103,8 +103,6 @@ def measure_stages(cfg: KafkaConfig, topic: str, expected: int, scorer: BatchSco
     producer = outputs_producer(cfg)
     try:
         def produce(i: int) -> None:
-            from streaming.scoring import Prediction
-
             enc = Encoded(events[i], encoded[i], parsed[i][1], False)
             for key, value in scorer.finish(enc, Prediction(*predicted[i], "bench")).scores:
                 producer.send(produce_topic, key=key, value=value)
