@@ -121,7 +121,7 @@ def sessions_to_events(sessions: pa.Table) -> list[tuple[bytes, bytes]]:
 def events_to_sessions(events: list[SessionEvent]) -> pa.Table:
     """Validated events → a contract sessions table (what the encoders and the archive take).
     The nested answers column is assembled from flat string arrays and offsets: no Python dict
-    per answer for Arrow to convert (~6x faster, docs/performance.md)."""
+    per answer for Arrow to convert (the encode stage 5.5x faster, docs/performance.md)."""
     qids: list[str] = []
     options: list[str] = []
     answer_ends, option_ends = [0], [0]
