@@ -78,6 +78,7 @@ class OnlineLookup:
             self.vector_table = _table_id(self.config.project, store.get_feature_view(VECTOR_VIEW))
         self._conn = None
         self._pipe = None  # features.redis_pipe.HashFieldReader, on first use
+        self._vector_hash_field = b""  # set with the pipe
         self._shapers: dict[int, tuple[FeatureSpec, InputShaper]] = {}
 
     # ---- shared ------------------------------------------------------------------------------
@@ -200,14 +201,15 @@ class OnlineLookup:
     # ---- Redis ---------------------------------------------------------------------------------
     def _read_vectors_redis(self, keys: list[bytes]) -> list[bytes]:
         """Pipelined HGETs of every user's vector field in one round trip (features/redis_pipe.py)."""
-        from feast.infra.online_stores.helpers import _mmh3
-
-        project = self.config.project.encode()
         if self._pipe is None:
+            from feast.infra.online_stores.helpers import _mmh3
+
             host, port, options = self._redis_address()
             self._pipe = HashFieldReader.from_options(host, port, options)
+            self._vector_hash_field = _mmh3(f"{VECTOR_VIEW}:{VECTOR_FIELD}")  # Feast's field name in the hash
+        project = self.config.project.encode()
         try:
-            replies = self._pipe.hget_many([k + project for k in keys], _mmh3(f"{VECTOR_VIEW}:{VECTOR_FIELD}"))
+            replies = self._pipe.hget_many([k + project for k in keys], self._vector_hash_field)
         except (OSError, LanternError) as exc:
             raise FeatureStoreUnavailable(f"Redis online store unreachable: {exc}") from exc
         return [r or b"" for r in replies]  # serialized Values (empty: none), unwrapped by vector.parse

@@ -54,13 +54,13 @@ class ScoreCollector:
         self._thread.start()
 
     def _run(self) -> None:
-        from kafka import KafkaConsumer, TopicPartition
+        from kafka import KafkaConsumer
+
+        from streaming.kafka_io import assign_from_start
 
         consumer = KafkaConsumer(enable_auto_commit=False, **self.cfg.client_options())
         try:
-            parts = [TopicPartition(self.topic, p) for p in sorted(consumer.partitions_for_topic(self.topic) or [])]
-            consumer.assign(parts)
-            consumer.seek_to_beginning(*parts)
+            assign_from_start(consumer, self.topic)
             while not self._stop.is_set():
                 for msgs in consumer.poll(timeout_ms=200).values():
                     self.seen += [(m.timestamp, _session_id(m.value)) for m in msgs]
@@ -158,11 +158,9 @@ def _setup(settings: LanternSettings, bench: StreamBench, root, log):
 
 
 def _events(ds, n: int) -> list[tuple[bytes, bytes]]:
-    import pyarrow.compute as pc
+    from streaming.events import in_completion_order, sessions_to_events
 
-    from streaming.events import sessions_to_events
-
-    sessions = ds.sessions.take(pc.sort_indices(ds.sessions, [("completed_at", "ascending")]))
+    sessions = in_completion_order(ds.sessions)
     return sessions_to_events(sessions.slice(max(0, sessions.num_rows - n)))
 
 

@@ -44,15 +44,12 @@ def replay(
     limit: Annotated[Optional[int], typer.Option(min=1, help="Replay only the first N sessions.")] = None,
 ):
     """Replay a dataset's sessions as completion events, in completion order, rate-limited."""
-    import pyarrow.compute as pc
-
     from lantern.dataset.io import load_dataset
-    from streaming.events import sessions_to_events
+    from streaming.events import in_completion_order, sessions_to_events
     from streaming.kafka_io import replay as run
 
     s = settings_for(ctx, paths=dict(data=data), kafka=kafka_overrides(bootstrap))
-    sessions = load_dataset(s.paths.data).sessions
-    sessions = sessions.take(pc.sort_indices(sessions, [("completed_at", "ascending")]))
+    sessions = in_completion_order(load_dataset(s.paths.data).sessions)
     if limit:
         sessions = sessions.slice(0, limit)
     t0 = time.perf_counter()

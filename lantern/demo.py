@@ -185,12 +185,10 @@ def _serve(s: LanternSettings) -> None:
 
 
 def _stream(s: LanternSettings, kafka, ds, store):
-    import pyarrow.compute as pc
-
     from lantern.demo_stream import check_feast, stream, with_bad_events
-    from streaming.events import sessions_to_events
+    from streaming.events import in_completion_order, sessions_to_events
 
-    sessions = ds.sessions.take(pc.sort_indices(ds.sessions, [("completed_at", "ascending")]))
+    sessions = in_completion_order(ds.sessions)
     sessions = sessions.slice(max(0, sessions.num_rows - s.demo.sessions))  # the latest completions
     events, ids = with_bad_events(sessions_to_events(sessions), s.demo.bad_events, s.simulate.seed)
     console.print(f"replaying {sessions.num_rows} sessions + {s.demo.bad_events} broken events at "

@@ -92,15 +92,15 @@ class StreamResult:
 
 def topic_reasons(cfg: KafkaConfig, topic: str) -> dict[str, int]:
     """Every record of ``topic`` (read from the start, no group) counted by its error-class header."""
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import KafkaConsumer
+
+    from streaming.kafka_io import assign_from_start
 
     consumer = KafkaConsumer(enable_auto_commit=False, **cfg.client_options())
     try:
-        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        parts = assign_from_start(consumer, topic)
         if not parts:
             return {}
-        consumer.assign(parts)
-        consumer.seek_to_beginning(*parts)
         end = consumer.end_offsets(parts)
         reasons: dict[str, int] = {}
         while any(consumer.position(tp) < end[tp] for tp in parts):

@@ -19,8 +19,10 @@ def _section(ok: bool, detail: str, rows: list | None = None) -> dict:
 
 def kafka_status(cfg: KafkaConfig, timeout_ms: int = 3000) -> dict:
     """Topics (partitions, records) and every lantern consumer group's lag."""
-    from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+    from kafka import KafkaAdminClient, KafkaConsumer
     from kafka.errors import KafkaError
+
+    from streaming.kafka_io import topic_partitions
 
     try:
         admin = KafkaAdminClient(request_timeout_ms=timeout_ms, **cfg.client_options())
@@ -31,7 +33,7 @@ def kafka_status(cfg: KafkaConfig, timeout_ms: int = 3000) -> dict:
         rows, ends = [], {}
         topics = [t for t in (cfg.input_topic, cfg.scores_topic, cfg.dlq_topic) if t in consumer.topics()]
         for topic in topics:
-            parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+            parts = topic_partitions(consumer, topic)
             ends.update(consumer.end_offsets(parts))
             starts = consumer.beginning_offsets(parts)
             records = sum(ends[tp] - starts[tp] for tp in parts)

@@ -40,13 +40,13 @@ class StageTimes:
 def consume_all(cfg: KafkaConfig, topic: str, expected: int, timeout_s: float = 120.0) -> tuple[float, list[Record]]:
     """Every record of ``topic`` read from the start by a bare kafka-python consumer with the
     scorer's fetch settings (no group, no processing): (seconds, records)."""
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import KafkaConsumer
+
+    from streaming.kafka_io import assign_from_start
 
     consumer = KafkaConsumer(enable_auto_commit=False, max_poll_records=cfg.max_poll_records, **cfg.client_options())
     try:
-        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
-        consumer.assign(parts)
-        consumer.seek_to_beginning(*parts)
+        assign_from_start(consumer, topic)
         records: list[Record] = []
         deadline = time.monotonic() + timeout_s
         t0 = time.perf_counter()

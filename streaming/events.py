@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from lantern.dataset import schema
 from lantern.dataset.questionnaire import Questionnaire
@@ -109,6 +110,11 @@ def event_bytes(session_id: str, user_id: str, completed_at: datetime, answers) 
         "completed_at": completed_at.astimezone(timezone.utc).isoformat().replace("+00:00", "Z"),
         "answers": [{"question_id": a["question_id"], "option_ids": list(a["option_ids"] or [])} for a in answers],
     }, separators=(",", ":")).encode()
+
+
+def in_completion_order(sessions: pa.Table) -> pa.Table:
+    """Sessions sorted by ``completed_at``: the order a replay sends them in."""
+    return sessions.take(pc.sort_indices(sessions, [("completed_at", "ascending")]))
 
 
 def sessions_to_events(sessions: pa.Table) -> list[tuple[bytes, bytes]]:

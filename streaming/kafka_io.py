@@ -42,6 +42,19 @@ def ensure_topics(cfg: KafkaConfig) -> None:
         admin.close()
 
 
+def topic_partitions(consumer: KafkaConsumer, topic: str) -> list[TopicPartition]:
+    return [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+
+
+def assign_from_start(consumer: KafkaConsumer, topic: str) -> list[TopicPartition]:
+    """Read every partition of ``topic`` from its first record, outside any group; returns them."""
+    parts = topic_partitions(consumer, topic)
+    if parts:
+        consumer.assign(parts)
+        consumer.seek_to_beginning(*parts)
+    return parts
+
+
 def replay(cfg: KafkaConfig, events: list[tuple[bytes, bytes]], rate: float | None = None,
            progress: bool = True, sent_ms: list[int] | None = None) -> int:
     """Produce ``events`` to the input topic at ``rate`` events/s (None = as fast as possible).
@@ -189,22 +202,20 @@ class KafkaScorer(Stopper):
             first = failed[0].exception if failed[0].is_done else "not acknowledged in time"
             raise OutputsNotAcknowledged(f"{len(failed)} of {len(sent)} outputs failed: {first}")
 
-    def _new_producer(self) -> KafkaProducer:
-        return outputs_producer(self.cfg)
-
     def run(self) -> ScoreStats:
-        producers = [self._new_producer()]
+        producer = outputs_producer(self.cfg)
         stats = ScoreStats()
 
         def handle(records: list[Record]) -> None:
+            nonlocal producer
             t0 = time.perf_counter()
             result = self.scorer.score(records)
             try:
-                self._produce(producers[-1], records, result)
+                self._produce(producer, records, result)
             except OutputsNotAcknowledged:
                 # an idempotent producer whose broker lost its state stays failed: start a new one
-                producers[-1].close(timeout=0)
-                producers.append(self._new_producer())
+                producer.close(timeout=0)
+                producer = outputs_producer(self.cfg)
                 raise
             stats.latencies_s.append(time.perf_counter() - t0)
             stats.scored += len(result.scores)
@@ -216,7 +227,7 @@ class KafkaScorer(Stopper):
             stats.consumed = consume_loop(self.cfg, self.cfg.group_id, handle, self, self.max_events,
                                           self.idle_exit_s, self.log, on_assigned=self.assigned.set)
         finally:
-            producers[-1].close()
+            producer.close()
         return stats
 
 
