@@ -3,19 +3,18 @@
 The scorer needs :class:`model.encoding.SourceArrays` (what the external encoders take), not
 columns. :func:`model.encoding.shape_source` makes them from columns (parquet, Feast's offline
 store, the SDK's online answer); :class:`InputShaper` makes the same arrays straight from a
-:class:`features.vector.ParsedBatch`: numerics from the vectors' headers, categories through the
-model's vocabularies, and only the last ``max_len`` elements of each sequence gathered. A test
-holds the two equal on a real store. Pure functions, no Feast import.
+:class:`features.vector.ParsedBatch`: numerics from the vectors' headers, categories as their
+value hashes looked up among the hashes of the model's vocabularies (no string is touched), and
+only the last ``max_len`` elements of each sequence gathered. Tests hold the two equal, for every
+column kind and on real stores. Pure functions, no Feast import.
 """
 
 from __future__ import annotations
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from features.packing import SourceLayout
-from features.vector import ParsedBatch, elements, ranges
+from features.vector import ParsedBatch, gather, kept_elements, value_hash
 from lantern.errors import ModelError
 from model.encoding import FeatureSpec, SourceArrays, SourceSpec, absent_source, signed_log
 
@@ -46,16 +45,30 @@ class _IntVocab:
         return np.where(self.sorted[at] == values, self.order[at] + 1, 0)
 
 
-def _lut(vocab: tuple[str, ...], universe: dict[str, int]) -> np.ndarray:
-    """Position in ``universe`` (its last slot: not found) → index in ``vocab`` + 1, 0 = unknown."""
-    table = np.zeros(len(universe) + 1, np.int64)
-    table[[universe[v] for v in vocab]] = np.arange(1, len(vocab) + 1)
-    return table
+class _Words:
+    """Every vocabulary word of a model, by value hash: hashes → position among them (the last
+    slot: no word; "" hashes to 0, which is never a word), and per vocabulary a lookup table
+    from that position to the vocabulary's index + 1 (0 = unknown)."""
+
+    def __init__(self, words: set[str]):
+        self.hashes = np.unique(np.array([value_hash(w) for w in words if w], np.uint64))  # sorted
+
+    def positions(self, hashes: np.ndarray) -> np.ndarray:
+        if not len(self.hashes):
+            return np.zeros(hashes.shape, np.int64)
+        at = np.minimum(np.searchsorted(self.hashes, hashes), len(self.hashes) - 1)
+        return np.where(self.hashes[at] == hashes, at, len(self.hashes))
+
+    def table(self, vocab: tuple[str, ...]) -> np.ndarray:
+        table = np.zeros(len(self.hashes) + 1, np.int64)
+        known = [(i, value_hash(v)) for i, v in enumerate(vocab, 1) if v]
+        table[np.searchsorted(self.hashes, np.array([h for _, h in known], np.uint64))] = [i for i, _ in known]
+        return table
 
 
 class SourceShaper:
-    def __init__(self, spec: SourceSpec, layout: SourceLayout, universe: dict[str, int]):
-        kinds = dict(layout.sequences)
+    def __init__(self, spec: SourceSpec, layout: SourceLayout, words: _Words):
+        self.kinds = kinds = dict(layout.sequences)
         lacking = [c for c in spec.columns if c not in layout.numeric + layout.categorical + tuple(kinds)]
         if lacking:
             raise ModelError(f"the model reads {spec.name} columns {lacking} that the feature repo's view lacks; "
@@ -63,10 +76,12 @@ class SourceShaper:
         self.spec, self.layout = spec, layout
         self.num_cols = np.array([layout.numeric.index(c) for c in spec.numeric], np.int64)
         self.mean, self.std = np.array(spec.mean, np.float64), np.array(spec.std, np.float64)
-        self.vocabs = [_lut(v, universe) for v in spec.vocab]
+        self.words = words
+        self.cat_cols = np.array([layout.categorical.index(c) for c in spec.categorical], np.int64)
+        self.vocabs = np.stack([words.table(v) for v in spec.vocab]) if spec.vocab else None  # (k, words + 1)
         self.seq_kind = kinds.get(spec.seq_category)
         if self.seq_kind == "string":
-            self.seq_vocab = _lut(spec.seq_vocab, universe)
+            self.seq_vocab = words.table(spec.seq_vocab)
         elif self.seq_kind is not None:
             self.seq_vocab = _IntVocab(spec.seq_vocab)
 
@@ -75,8 +90,7 @@ class SourceShaper:
         seq = spec.seq_vocab if dict(layout.sequences).get(spec.seq_category) == "string" else ()
         return {v for vocab in spec.vocab for v in vocab} | set(seq)
 
-    def shape(self, p: ParsedBatch, word: np.ndarray) -> SourceArrays:
-        """``word``: each of the batch's strings as its position in the universe (last slot: none)."""
+    def shape(self, p: ParsedBatch) -> SourceArrays:
         s, name, n = self.spec, self.layout.name, p.n
         present = p.present[name]
         here = p.present_stored(name)  # (m,)
@@ -87,31 +101,32 @@ class SourceShaper:
             ok = np.isfinite(x) & here[:, None]
             out.num[p.rows_of] = np.where(ok, x, 0.0)
             out.num_missing[p.rows_of] = ~ok
-        for j, col in enumerate(s.categorical):
-            at = p.first_string[name, col]
-            out.cat[p.rows_of, j] = np.where(here & p.filled[at], self.vocabs[j][word[at]], 0)
+        if len(s.categorical):
+            word = self.words.positions(p.categories[name][:, self.cat_cols])  # (m, k)
+            out.cat[p.rows_of] = np.where(here[:, None], self.vocabs[np.arange(len(s.categorical)), word], 0)
         if s.seq_category:
-            self._sequences(p, out, here, word)
+            self._sequences(p, out, here)
         return out
 
-    def _sequences(self, p: ParsedBatch, out: SourceArrays, here: np.ndarray, word: np.ndarray) -> None:
+    def _sequences(self, p: ParsedBatch, out: SourceArrays, here: np.ndarray) -> None:
         s, name = self.spec, self.layout.name
         count = p.counts[name]
         keep = np.where(here, np.minimum(count, s.max_len), 0)  # (m,) the most recent max_len elements
         skip = count - keep
-        row = np.repeat(p.rows_of, keep)
-        pos = np.arange(len(row)) - np.repeat(np.cumsum(keep) - keep, keep)
+        owner, number = kept_elements(skip, keep)  # (E,) each kept element's vector and number
+        row, pos = p.rows_of[owner], number - skip[owner]
+
+        def column(col: str) -> np.ndarray:
+            return gather(p.buf, p.blocks[name, col], owner, number, self.kinds[col])
+
         if self.seq_kind == "string":
-            out.seq_cat[row, pos] = self.seq_vocab[word[ranges(p.first_string[name, s.seq_category] + skip, keep)]]
+            out.seq_cat[row, pos] = self.seq_vocab[self.words.positions(column(s.seq_category))]
         else:
-            out.seq_cat[row, pos] = self.seq_vocab(self._elements(p, s.seq_category, skip, keep))
+            out.seq_cat[row, pos] = self.seq_vocab(column(s.seq_category))
         out.seq_mask[row, pos] = True
         for j, col in enumerate(s.seq_values):
-            x = (signed_log(self._elements(p, col, skip, keep).astype(np.float64)) - s.seq_mean[j]) / s.seq_std[j]
+            x = (signed_log(column(col).astype(np.float64)) - s.seq_mean[j]) / s.seq_std[j]
             out.seq_val[row, pos, j] = np.nan_to_num(x)
-
-    def _elements(self, p: ParsedBatch, col: str, skip: np.ndarray, keep: np.ndarray) -> np.ndarray:
-        return elements(p.buf, p.blocks[self.layout.name, col], skip, keep, dict(self.layout.sequences)[col])
 
 
 class InputShaper:
@@ -121,14 +136,10 @@ class InputShaper:
     def __init__(self, spec: FeatureSpec, layouts: list[SourceLayout]):
         by_name = {x.name: x for x in layouts}
         known = [s for s in spec.sources if s.name in by_name]
-        words = sorted(set().union(*(SourceShaper.vocab_strings(s, by_name[s.name]) for s in known)))
-        self.universe = pa.array(words, pa.string())  # every vocabulary's strings: one lookup per batch
-        universe = {w: i for i, w in enumerate(words)}
+        words = _Words(set().union(*(SourceShaper.vocab_strings(s, by_name[s.name]) for s in known)))
         self.spec = spec
-        self.sources = {s.name: SourceShaper(s, by_name[s.name], universe) for s in known}
+        self.sources = {s.name: SourceShaper(s, by_name[s.name], words) for s in known}
 
     def shape(self, p: ParsedBatch) -> dict[str, SourceArrays]:
-        word = pc.fill_null(pc.index_in(p.strings, value_set=self.universe), len(self.universe))
-        word = np.asarray(word.to_numpy(zero_copy_only=False), np.int64)
-        return {s.name: self.sources[s.name].shape(p, word) if s.name in self.sources else absent_source(s, p.n)
+        return {s.name: self.sources[s.name].shape(p) if s.name in self.sources else absent_source(s, p.n)
                 for s in self.spec.sources}

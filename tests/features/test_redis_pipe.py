@@ -23,7 +23,7 @@ def _client(address: str, **kwargs) -> redis.Redis:
 def test_reads_one_field_of_many_hashes_in_order_with_auth_and_db():
     with redis_server(None, "--requirepass", "s3cret") as address:
         client = _client(address, password="s3cret", db=2)
-        keys = [b"user\x00%d" % i for i in range(3000)]  # binary keys; replies span many recv() calls
+        keys = [b"user\x00\r\n%d" % i for i in range(3000)]  # binary keys (RESP is length-prefixed); many recv()s
         for i, key in enumerate(keys):
             if i % 7:  # every 7th user has no hash at all
                 client.hset(key, mapping={b"vec": b"v%d" % i * 40, b"other": b"x"})

@@ -10,7 +10,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from features.lookup import OnlineLookup, sdk_lookup, sdk_model_inputs
+from features.lookup import OnlineLookup, _vector_query, sdk_lookup, sdk_model_inputs
 from features.store import (
     FeatureStoreUnavailable,
     latest_scores,
@@ -50,6 +50,13 @@ def test_model_inputs_equal_the_sdk_rows_shaped_by_the_model_spec(sqlite_store, 
         ours = lookup.model_inputs(users, spec)
         assert_same_inputs(ours, sdk_model_inputs(store, users, registered_layouts(store), spec))
         assert not ours["demographics"].present[-5:-3].any() and ours["transactions"].seq_mask.any()
+
+
+def test_materialize_covers_the_vectors_with_an_index_sqlite_reads_alone(sqlite_store):
+    store, _ = sqlite_store
+    lookup = OnlineLookup(store)
+    plan = lookup._sqlite().execute("EXPLAIN QUERY PLAN " + _vector_query(lookup.vector_table, 2), [b"a", b"b"])
+    assert any("COVERING INDEX" in row[-1] for row in plan.fetchall())
 
 
 @pytest.mark.parametrize("use_vector", [True, False], ids=["precomputed-vector", "per-source-views"])
