@@ -38,7 +38,7 @@ from features.packing import CAT, NUM, SourceLayout, unpack, unpack_present
 from features.redis_pipe import HashFieldReader
 from features.repo import FEATURE_SERVICE, OFFLINE_DIR, VECTOR_FIELD, VECTOR_PUSH, VECTOR_VIEW
 from features.store import FeatureStoreConfig, FeatureStoreUnavailable, materialize, registered_layouts
-from lantern.errors import LanternError
+from lantern.errors import ConfigError, LanternError
 from model.encoding import FeatureSpec, SourceArrays, shape_sources
 
 SQLITE_MMAP_BYTES = 1 << 30  # address space only; pages are shared with the OS cache
@@ -127,7 +127,10 @@ class OnlineLookup:
         keys = self.entity_keys(user_ids)
         now = self.clock()
         vectors = self._read_vectors_redis(keys) if self.redis else self._read_vectors_sqlite(keys)
-        return vector.parse(self.layouts, vectors, now, self.ttl_s, wrapped=True)
+        try:
+            return vector.parse(self.layouts, vectors, now, self.ttl_s, wrapped=True)
+        except ValueError as exc:  # not lantern's vectors, or another format: the store needs materializing
+            raise ConfigError(f"the online store's precomputed vectors cannot be read: {exc}") from exc
 
     def _lookup_views(self, user_ids: list[str]) -> dict[str, SourceRows]:
         now = self.clock()

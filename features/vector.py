@@ -194,6 +194,9 @@ def parse(layouts: list[SourceLayout], vectors: list[bytes | None], now: float =
         if not (head[:, 0] == VALUE_BYTES_TAG).all():
             raise ValueError("online value is not a bytes Value; was the vector view written by lantern?")
         starts = starts + 2 + np.argmin(head[:, 1:] & 0x80, axis=1)  # tag + varint bytes (continuation bit clear)
+    if (ends - starts < H).any():
+        raise ValueError(f"a precomputed vector is shorter than this layout's {H}-byte header: written for other "
+                         f"sources or another format; run `lantern features materialize`")
     header = windows(buf, H)[starts]  # (m, H)
     if not (header[:, 0] == FORMAT).all():
         raise ValueError(f"precomputed vectors of another format (want {FORMAT}); run `lantern features materialize`")

@@ -19,6 +19,7 @@ from features.store import (
     split_training_set,
     training_set,
 )
+from lantern.errors import ConfigError
 from tests.features.conftest import NOW, assert_same_inputs, model_specs
 
 
@@ -57,6 +58,16 @@ def test_materialize_covers_the_vectors_with_an_index_sqlite_reads_alone(sqlite_
     lookup = OnlineLookup(store)
     plan = lookup._sqlite().execute("EXPLAIN QUERY PLAN " + _vector_query(lookup.vector_table, 2), [b"a", b"b"])
     assert any("COVERING INDEX" in row[-1] for row in plan.fetchall())
+
+
+def test_vectors_of_another_format_raise_a_config_error_that_says_what_to_run(sqlite_store, monkeypatch):
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    lookup = OnlineLookup(sqlite_store[0])
+    stale = Value(bytes_val=b"\x01" + bytes(64)).SerializeToString()  # format 1: before the value hashes
+    monkeypatch.setattr(lookup, "_read_vectors_sqlite", lambda keys: [stale] * len(keys))
+    with pytest.raises(ConfigError, match="lantern features materialize"):
+        lookup.lookup(["u000001"])
 
 
 @pytest.mark.parametrize("use_vector", [True, False], ids=["precomputed-vector", "per-source-views"])
