@@ -327,11 +327,16 @@ def _epoch(ts) -> float:
     return (dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).timestamp()
 
 
+def sdk_online_dict(store: FeatureStore, user_ids: list[str]) -> dict[str, list]:
+    """Feast's SDK call alone: `get_online_features` on the FeatureService, as a dict of lists."""
+    return store.get_online_features(features=store.get_feature_service(FEATURE_SERVICE),
+                                     entity_rows=[{"user_id": u} for u in user_ids],
+                                     full_feature_names=True).to_dict()
+
+
 def sdk_lookup(store: FeatureStore, user_ids: list[str], layouts: list[SourceLayout]) -> dict[str, SourceRows]:
     """The same answer through Feast's SDK (`get_online_features` on the FeatureService)."""
-    result = store.get_online_features(features=store.get_feature_service(FEATURE_SERVICE),
-                                       entity_rows=[{"user_id": u} for u in user_ids],
-                                       full_feature_names=True).to_dict()
+    result = sdk_online_dict(store, user_ids)
     return {layout.name: SourceRows(*unpack_present(layout, {f: result[f"{layout.name}__{f}"]
                                                            for f in layout.features}))
             for layout in layouts}
