@@ -206,7 +206,7 @@ class OnlineLookup:
 
     def cover_vectors(self) -> None:
         """SQLite: index the vector view's table on ``(entity_key, value)``, so each vector is read
-        from the index alone (one B-tree descent per user, not two: 420 → 355 µs per 256 users).
+        from the index alone (one B-tree descent per user, not two: 530 → 457 µs per 256 users).
         SQLite's planner picks it by itself; Feast's writes keep it current and its teardown drops it."""
         if self.redis or not self.use_vector:
             return
