@@ -98,7 +98,7 @@ class OnlineLookup:
         unique, take = _unique(user_ids)
         if self.use_vector:
             rows = {name: SourceRows(table, present)
-                    for name, (table, present) in vector.to_tables(self.layouts, self._parse(unique)).items()}
+                    for name, (table, present) in vector.to_tables(self._parse(unique)).items()}
         else:
             rows = self._lookup_views(unique)
         if take is None:
@@ -218,7 +218,7 @@ class OnlineLookup:
             raise FeatureStoreUnavailable(f"cannot index the SQLite online store's vectors: {exc}") from exc
 
     # ---- Redis ---------------------------------------------------------------------------------
-    def _read_vectors_redis(self, keys: list[bytes]) -> list[bytes]:
+    def _read_vectors_redis(self, keys: list[bytes]) -> list[bytes | None]:
         """Pipelined HGETs of every user's vector field in one round trip (features/redis_pipe.py)."""
         if self._pipe is None:
             from feast.infra.online_stores.helpers import _mmh3
@@ -231,7 +231,7 @@ class OnlineLookup:
             replies = self._pipe.hget_many([k + project for k in keys], self._vector_hash_field)
         except (OSError, LanternError) as exc:
             raise FeatureStoreUnavailable(f"Redis online store unreachable: {exc}") from exc
-        return [r or b"" for r in replies]  # serialized Values (empty: none), unwrapped by vector.parse
+        return replies  # serialized Values (None: no vector), unwrapped by vector.parse
 
     def _redis_address(self) -> tuple[str, int, dict]:
         """Feast's connection string ``host:port[,option=value…]``."""

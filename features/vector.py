@@ -232,11 +232,11 @@ def _strings_per_vector(layouts: list[SourceLayout], counts: dict[str, np.ndarra
     return per
 
 
-def to_tables(layouts: list[SourceLayout], p: ParsedBatch) -> dict[str, tuple[pa.Table, np.ndarray]]:
+def to_tables(p: ParsedBatch) -> dict[str, tuple[pa.Table, np.ndarray]]:
     """Per source: its own columns, one row per requested user (absent rows null / empty), and presence."""
     result = {}
     strings, filled, first_string = p.text()
-    for x in layouts:
+    for x in p.layouts:
         present, kept = p.present[x.name], None
         table = {}
         if x.numeric:  # one conversion (NaN → null) for every column, then zero-copy slices

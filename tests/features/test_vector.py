@@ -39,7 +39,7 @@ def _vectors(order, wrapped):
 @pytest.mark.parametrize("wrapped", [False, True])
 def test_decode_round_trips_every_column_kind_with_presence(wrapped):
     order = ["c", None, "a", "b", "a"]
-    got = vector.to_tables(LAYOUTS, vector.parse(LAYOUTS, _vectors(order, wrapped), NOW,
+    got = vector.to_tables(vector.parse(LAYOUTS, _vectors(order, wrapped), NOW,
                                                   {"profile": 3600, "clicks": 100}, wrapped=wrapped))
     profile, present = got["profile"]
     assert present.tolist() == [True, False, True, False, True]
@@ -59,7 +59,7 @@ def test_decode_round_trips_every_column_kind_with_presence(wrapped):
 
 
 def test_decode_of_only_unknown_users_is_all_absent():
-    got = vector.to_tables(LAYOUTS, vector.parse(LAYOUTS, [None, None], NOW))
+    got = vector.to_tables(vector.parse(LAYOUTS, [None, None], NOW))
     assert not got["clicks"][1].any() and got["clicks"][0].num_rows == 2
 
 
@@ -88,7 +88,7 @@ def test_model_inputs_from_vectors_equal_the_columns_shaped_by_the_spec(seq_cate
     order = ["c", None, "a", "b", "a"]
     parsed = vector.parse(LAYOUTS, _vectors(order, True), NOW, {"profile": 3600, "clicks": 100}, wrapped=True)
     ours = InputShaper(spec, LAYOUTS).shape(parsed)
-    theirs = shape_sources(spec, vector.to_tables(LAYOUTS, parsed), len(order))
+    theirs = shape_sources(spec, vector.to_tables(parsed), len(order))
     assert_same_inputs(ours, theirs)
     assert ours["profile"].cat.tolist() == [[1, 1], [0, 0], [0, 2], [0, 0], [0, 2]]  # "" and unknown → 0
     assert ours["clicks"].seq_mask.sum() == 4  # a's last 2 of 3, twice; c expired
