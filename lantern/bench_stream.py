@@ -124,7 +124,7 @@ def run_bench_stream(settings: LanternSettings, bench: StreamBench, bootstrap: s
         kafka = replace(s.kafka, bootstrap=broker.bootstrap, dlq_topic="bench.dlq")
         replay_eps = _preload(kafka, "bench.sessions.1", events)
         log(f"preloaded {len(events)} events at {replay_eps:,.0f}/s")
-        stages = _measure_stages(kafka, "bench.sessions.1", len(events), scorer, model, s.serve.num_cpus)
+        stages = _measure_stages(kafka, "bench.sessions.1", len(events), scorer, model)
         log("stage ceilings (events/s): " + ", ".join(f"{k} {v:,.0f}" for k, v in stages.ceilings_eps().items()))
         start_local_ray(stack)
         runs = {}
@@ -172,12 +172,12 @@ def _preload(kafka: KafkaConfig, topic: str, events) -> float:
     return len(events) / (time.perf_counter() - t0)
 
 
-def _measure_stages(kafka: KafkaConfig, topic: str, n: int, scorer, model, num_cpus: float):
+def _measure_stages(kafka: KafkaConfig, topic: str, n: int, scorer, model):
     from lantern.stream_stages import measure_stages
     from streaming.kafka_io import ensure_topics
 
     ensure_topics(replace(kafka, scores_topic="bench.produce"))
-    return measure_stages(kafka, topic, n, scorer, model, "bench.produce", threads=max(1, int(num_cpus)))
+    return measure_stages(kafka, topic, n, scorer, model, "bench.produce", threads=1)  # per core
 
 
 def _run_actors(s: LanternSettings, kafka: KafkaConfig, events, n: int, latency: StreamBench | None, log) -> dict:
@@ -229,7 +229,7 @@ def _latency(run: KafkaConfig, events, rate: float, seconds: float, collector: S
 
 def _result(s: LanternSettings, bench: StreamBench, broker: str, replay_eps: float, stages, runs: dict) -> dict:
     first = runs[bench.actors[0]]
-    ceilings = stages.ceilings_eps()
+    ceilings, bound = stages.ceilings_eps(), stages.bound_eps(os.cpu_count() or 1)
     return {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} cores",
         "broker": broker, "preset": bench.preset, "events": bench.events, "micro_batch": s.kafka.max_poll_records,
@@ -237,8 +237,11 @@ def _result(s: LanternSettings, bench: StreamBench, broker: str, replay_eps: flo
         "latency_ms": first.get("latency_ms", {}),
         "ceilings_eps": ceilings,
         "ratio_to_consume_ceiling": first["throughput_eps"] / ceilings["consume"],
+        "stage_bound_eps": bound,
+        "ratio_to_stage_bound": first["throughput_eps"] / bound,
         "share_of_pipeline_time": stages.shares(first["throughput_eps"]),
-        "runs": {str(n): {k: v for k, v in r.items() if k != "latency_ms"} for n, r in runs.items()},
+        "runs": {str(n): {**{k: v for k, v in r.items() if k != "latency_ms"},
+                          "ratio_to_stage_bound": r["throughput_eps"] / bound} for n, r in runs.items()},
         "scaling": {f"{n}_vs_{bench.actors[0]}": r["throughput_eps"] / first["throughput_eps"] for n, r in runs.items()
                     if n != bench.actors[0]},
         "replay_eps": replay_eps,

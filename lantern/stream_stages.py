@@ -3,8 +3,8 @@
 The pipeline per micro-batch (``kafka.max_poll_records`` records) is: consume → parse (bytes →
 validated events) → features (one online lookup) → encode (events + features → model arrays) →
 model (one forward pass) → produce (score records encoded, sent, flushed). Here each stage runs
-alone, batch after batch, in this process, with the CPU share a Serve replica has (one torch
-thread), so ``events / seconds`` is what that stage could sustain if it were the only work.
+alone, batch after batch, in this process, on one core (one torch thread), so ``events / seconds``
+is what that stage could sustain on one core if it were the only work there.
 """
 
 from __future__ import annotations
@@ -35,6 +35,11 @@ class StageTimes:
         in different processes overlap, so these may sum past 1; what is left below 1 is the
         pipeline's own cost (handle calls, serialisation, waiting)."""
         return {stage: pipeline_eps * s / self.events for stage, s in self.seconds.items()}
+
+    def bound_eps(self, cores: int) -> float:
+        """The most these stages could sustain together on ``cores`` cores: every core busy with
+        them alone (no broker, no Ray, no serialisation, no waiting) — cores / Σ seconds per event."""
+        return cores * self.events / sum(self.seconds.values())
 
 
 def consume_all(cfg: KafkaConfig, topic: str, expected: int, timeout_s: float = 120.0) -> tuple[float, list[Record]]:

@@ -211,25 +211,43 @@ def feature_store_options(cfg) -> dict:
 
 class ServeScorer:
     """What the Kafka consumer calls instead of a local BatchScorer: one handle call per micro-batch.
-    A replica that dies mid-request fails that call (Serve does not retry): retried with backoff;
-    after the last attempt the error propagates, nothing is committed, the batch is redelivered."""
+    ``submit`` sends a batch and returns at once (the consumer pipelines: it produces the previous
+    batch's scores while the replica computes this one); ``score`` waits for it. A replica that
+    dies mid-request fails that call (Serve does not retry): retried with backoff; after the last
+    attempt the error propagates, nothing is committed, the batch is redelivered."""
 
     def __init__(self, handle, attempts: int = 4, backoff_s: float = 0.5):
         self.handle, self.attempts, self.backoff_s = handle, attempts, backoff_s
         self.retries = 0  # calls that failed and were tried again (replica deaths, back-pressure)
 
+    def submit(self, records: list[Record]) -> PendingScore:
+        return PendingScore(self, records)
+
     def score(self, records: list[Record]) -> ScoredBatch:
+        return self.submit(records).result()
+
+
+class PendingScore:
+    """One micro-batch sent to the scorer app; :meth:`result` waits for it, retrying failed calls."""
+
+    def __init__(self, scorer: ServeScorer, records: list[Record]):
+        self.scorer, self.records = scorer, records
+        self.response = scorer.handle.score.remote(records)
+
+    def result(self) -> ScoredBatch:
         import time
 
         from ray.exceptions import RayError
         from ray.serve.exceptions import BackPressureError
 
-        for attempt in range(self.attempts):
+        scorer = self.scorer
+        for attempt in range(scorer.attempts):
             try:
-                return self.handle.score.remote(records).result()
+                return self.response.result()
             except (RayError, BackPressureError):
-                if attempt == self.attempts - 1:
+                if attempt == scorer.attempts - 1:
                     raise
-                self.retries += 1
-                time.sleep(self.backoff_s * 2 ** attempt)
+                scorer.retries += 1
+                time.sleep(scorer.backoff_s * 2 ** attempt)
+                self.response = scorer.handle.score.remote(self.records)
         raise AssertionError("unreachable")

@@ -2,7 +2,8 @@
 
 At-least-once: per micro-batch, score → produce scores and dead letters (idempotent producer)
 → ``flush()`` → commit exactly the offsets just processed. Nothing is committed before its
-outputs are acknowledged, so a crash re-delivers at most the batch in flight.
+outputs are acknowledged, so a crash re-delivers at most the batches in flight (two when the
+scorer is remote and the loop pipelines).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -99,16 +101,37 @@ class ScoreStats:
     latencies_s: list[float] = field(default_factory=list)  # per batch: poll → commit
 
 
-class _CommitOnRevoke(ConsumerRebalanceListener):
-    """Every batch is committed before the next poll, so a revocation finds nothing pending;
-    it is logged so rebalances are visible."""
+#: a started batch's second half: wait for its outputs to be durable (raises
+#: :class:`OutputsNotAcknowledged` when the broker did not take them)
+Finish = Callable[[], None]
 
-    def __init__(self, log, on_assigned: Callable[[], None] | None = None):
-        self.log, self.on_assigned = log, on_assigned
+
+@dataclass
+class _InFlight:
+    """Batches polled and handled (or started), not committed yet; oldest first."""
+
+    batches: deque = field(default_factory=deque)  # (polled, records, finish | None)
+
+    def first_offsets(self) -> dict[TopicPartition, int]:
+        """Per partition, the first offset no commit covers: where a retry starts again."""
+        firsts: dict[TopicPartition, int] = {}
+        for polled, _, _ in self.batches:
+            for tp, msgs in polled.items():
+                firsts.setdefault(tp, msgs[0].offset)
+        return firsts
+
+
+class _CompleteOnRevoke(ConsumerRebalanceListener):
+    """Before partitions move, every batch in flight is finished and committed (``complete``), so
+    the next owner starts after them; rebalances are logged so they are visible."""
+
+    def __init__(self, log, complete: Callable[[], None], on_assigned: Callable[[], None] | None = None):
+        self.log, self.complete, self.on_assigned = log, complete, on_assigned
 
     def on_partitions_revoked(self, revoked):
         if revoked:
             self.log(f"partitions revoked: {sorted(tp.partition for tp in revoked)}")
+            self.complete()
 
     def on_partitions_assigned(self, assigned):
         if assigned:
@@ -131,54 +154,91 @@ class OutputsNotAcknowledged(LanternError):
     """The broker did not acknowledge a batch's outputs: its offsets must not be committed."""
 
 
-def consume_loop(cfg: KafkaConfig, group_id: str, handle: Callable[[list[Record]], None], stopper: Stopper,
+def consume_loop(cfg: KafkaConfig, group_id: str, handle: Callable[[list[Record]], Finish | None], stopper: Stopper,
                  max_events: int | None = None, idle_exit_s: float | None = None, log=lambda msg: None,
                  topic: str | None = None, on_assigned: Callable[[], None] | None = None) -> int:
-    """Poll ``topic`` (default: the input topic) → ``handle(records)`` (which must leave its
-    outputs durable) → commit exactly those offsets. Returns the number of records consumed.
+    """Poll ``topic`` (default: the input topic) → ``handle(records)`` → commit exactly those
+    offsets once the batch's outputs are durable. Returns the number of records committed.
 
-    When ``handle`` raises :class:`OutputsNotAcknowledged` (the broker is away) nothing is
-    committed: the consumer seeks back to the batch's first offsets and, after a backoff, polls
-    the same records again, so the loop rides out a broker outage without losing or skipping."""
+    ``handle`` either leaves its outputs durable and returns None, or only starts the batch (e.g.
+    sends it to a remote scorer) and returns its :data:`Finish`. Then, while there is a backlog
+    (the poll returned a full ``max_poll_records`` batch), the loop runs two batches deep: it polls
+    and starts the next batch before it finishes and commits the one before, so the scorer computes
+    while this thread produces, flushes and commits. Below that, each batch is finished before the
+    next poll, which lets the next batch fill instead of sending the scorer a trickle of small
+    ones. Commits stay in order, each after its own batch's flush; before a rebalance moves
+    partitions, every batch in flight is finished and committed.
+
+    When finishing raises :class:`OutputsNotAcknowledged` (the broker is away) nothing more is
+    committed: the consumer seeks back to the first uncommitted offsets and, after a backoff,
+    polls the same records again, so the loop rides out a broker outage without losing or skipping."""
     ensure_topics(cfg)
     consumer = KafkaConsumer(group_id=group_id, enable_auto_commit=False, auto_offset_reset="earliest",
                              max_poll_records=cfg.max_poll_records, **FAST_GROUP, **cfg.client_options())
-    consumer.subscribe([topic or cfg.input_topic], listener=_CommitOnRevoke(log, on_assigned))
+    inflight, consumed = _InFlight(), 0
+
+    def complete(keep: int = 0) -> None:
+        """Finish and commit batches in flight, oldest first, until ``keep`` are left."""
+        nonlocal consumed
+        while len(inflight.batches) > keep:
+            polled, records, finish = inflight.batches[0]
+            if finish is not None:
+                finish()
+            _commit(consumer, polled, log)
+            inflight.batches.popleft()
+            consumed += len(records)
+
+    def complete_before_revoke() -> None:
+        try:
+            complete()
+        except OutputsNotAcknowledged as exc:  # nothing committed: the next owner gets them again
+            log(f"outputs not acknowledged before a rebalance ({exc}); those batches will be delivered again")
+            inflight.batches.clear()
+
+    consumer.subscribe([topic or cfg.input_topic], listener=_CompleteOnRevoke(log, complete_before_revoke, on_assigned))
     previous = signal.signal(signal.SIGTERM, stopper.stop) if _main_thread() else None
-    consumed, idle_since, backoff_s = 0, time.monotonic(), 0.5
+    idle_since, backoff_s = time.monotonic(), 0.5
     try:
-        while not stopper.stopping:
-            polled = consumer.poll(timeout_ms=500)
-            if not polled:
+        while not stopper.stopping and (max_events is None or consumed < max_events):
+            polled = consumer.poll(timeout_ms=0 if inflight.batches else 500)  # none waiting: finish the last
+            if not polled and not inflight.batches:
                 if idle_exit_s is not None and time.monotonic() - idle_since > idle_exit_s:
                     break
                 continue
-            records = [Record(tp.topic, tp.partition, m.offset, m.key, m.value, m.timestamp)
-                       for tp, msgs in polled.items() for m in msgs]
             try:
-                handle(records)
+                if polled:
+                    records = [Record(tp.topic, tp.partition, m.offset, m.key, m.value, m.timestamp)
+                               for tp, msgs in polled.items() for m in msgs]
+                    inflight.batches.append((polled, records, None))  # in flight before handle can fail
+                    inflight.batches[-1] = (polled, records, handle(records))
+                # a full batch means a backlog: start the next before finishing this one; a
+                # partial one is finished first, so the next batch fills while it is scored
+                ahead = polled and inflight.batches[-1][2] is not None and len(records) >= cfg.max_poll_records
+                complete(keep=1 if ahead else 0)
             except OutputsNotAcknowledged as exc:
                 log(f"outputs not acknowledged ({exc}); the batch will be processed again")
-                for tp, msgs in polled.items():
-                    consumer.seek(tp, msgs[0].offset)
+                for tp, offset in inflight.first_offsets().items():
+                    consumer.seek(tp, offset)
+                inflight.batches.clear()
                 time.sleep(backoff_s)
                 backoff_s = min(backoff_s * 2, 10.0)
                 continue
-            backoff_s = 0.5
-            try:
-                consumer.commit({TopicPartition(tp.topic, tp.partition): OffsetAndMetadata(msgs[-1].offset + 1, "", -1)
-                                 for tp, msgs in polled.items()})
-            except CommitFailedError as exc:  # the group moved on (rebalance, a restarted broker): at-least-once
-                log(f"commit failed ({exc}); the group rejoins and this batch may be delivered again")
-            consumed += len(records)
-            idle_since = time.monotonic()
-            if max_events is not None and consumed >= max_events:
-                break
+            backoff_s, idle_since = 0.5, time.monotonic()
+        complete()  # stopping: what is in flight is finished and committed before leaving
     finally:
+        inflight.batches.clear()  # after an error nothing more is produced: those batches come again
         consumer.close(autocommit=False)  # leaves the group; everything handled is committed
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     return consumed
+
+
+def _commit(consumer: KafkaConsumer, polled: dict, log) -> None:
+    try:
+        consumer.commit({TopicPartition(tp.topic, tp.partition): OffsetAndMetadata(msgs[-1].offset + 1, "", -1)
+                         for tp, msgs in polled.items()})
+    except CommitFailedError as exc:  # the group moved on (rebalance, a restarted broker): at-least-once
+        log(f"commit failed ({exc}); the group rejoins and this batch may be delivered again")
 
 
 class KafkaScorer(Stopper):
@@ -205,11 +265,10 @@ class KafkaScorer(Stopper):
     def run(self) -> ScoreStats:
         producer = outputs_producer(self.cfg)
         stats = ScoreStats()
+        submit = getattr(self.scorer, "submit", None)  # a remote scorer: pipelined, two batches in flight
 
-        def handle(records: list[Record]) -> None:
+        def produce(records: list[Record], result, t0: float) -> None:
             nonlocal producer
-            t0 = time.perf_counter()
-            result = self.scorer.score(records)
             try:
                 self._produce(producer, records, result)
             except OutputsNotAcknowledged:
@@ -222,6 +281,13 @@ class KafkaScorer(Stopper):
             stats.dead_lettered += len(result.dead)
             stats.degraded_batches += int(result.degraded)
             stats.batches += 1
+
+        def handle(records: list[Record]) -> Finish | None:
+            t0 = time.perf_counter()
+            if submit is None:
+                return produce(records, self.scorer.score(records), t0)
+            pending = submit(records)
+            return lambda: produce(records, pending.result(), t0)
 
         try:
             stats.consumed = consume_loop(self.cfg, self.cfg.group_id, handle, self, self.max_events,

@@ -1,8 +1,10 @@
 """In-memory pieces so the whole scoring chain runs in fast unit tests (Bytewax's testing.py idea):
-records from a list, a sink that keeps what was produced, and a feature client over tables."""
+records from a list, a sink that keeps what was produced, a feature client over tables, and a
+scorer that computes in another thread (what the Serve handle does, without Ray)."""
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -12,7 +14,7 @@ import pyarrow.compute as pc
 from lantern.errors import LanternError
 from model.encoding import FeatureSpec, SourceArrays, shape_sources
 from streaming.events import DLQ_TOPIC, INPUT_TOPIC, SCORES_TOPIC, dlq_headers
-from streaming.scoring import BatchScorer, Record
+from streaming.scoring import BatchScorer, Record, ScoredBatch
 
 
 def memory_source(values: list[tuple[bytes, bytes]], partitions: int = 1, topic: str = INPUT_TOPIC) -> list[Record]:
@@ -86,3 +88,34 @@ class FakeFeatures:
     def model_inputs(self, user_ids: list[str], spec: FeatureSpec) -> dict[str, SourceArrays]:
         rows = self.lookup(user_ids)
         return shape_sources(spec, {n: (r.table, r.present) for n, r in rows.items()}, len(user_ids))
+
+
+class ThreadScorer:
+    """A local scorer behind ``submit`` → future, like :class:`ray_jobs.serve.ServeScorer`: the Kafka
+    loop pipelines with it. ``overlapped`` counts batches submitted while an earlier one's result
+    had not been taken yet (the pipelining at work)."""
+
+    def __init__(self, scorer: BatchScorer):
+        self.scorer, self.overlapped, self._waiting = scorer, 0, 0
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="thread-scorer")
+
+    def submit(self, records: list[Record]) -> _Pending:
+        self.overlapped += self._waiting > 0
+        self._waiting += 1
+        return _Pending(self, self._pool.submit(self.scorer.score, records))
+
+    def score(self, records: list[Record]) -> ScoredBatch:
+        return self.submit(records).result()
+
+    def close(self) -> None:
+        self._pool.shutdown()
+
+
+@dataclass
+class _Pending:
+    owner: ThreadScorer
+    future: Future
+
+    def result(self) -> ScoredBatch:
+        self.owner._waiting -= 1
+        return self.future.result()

@@ -43,6 +43,7 @@ def test_stage_shares_are_seconds_per_event_over_the_pipelines():
     times = StageTimes(1000, {"consume": 0.1, "model": 0.5})
     assert times.ceilings_eps() == {"consume": 10_000, "model": 2000}
     assert times.shares(1000) == pytest.approx({"consume": 0.1, "model": 0.5})
+    assert times.bound_eps(cores=2) == pytest.approx(2 * 1000 / 0.6)  # both cores on these stages alone
 
 
 def test_bench_stream_end_to_end_with_one_and_two_actors(tmp_path):
@@ -63,3 +64,7 @@ def test_bench_stream_end_to_end_with_one_and_two_actors(tmp_path):
         figures = result["latency_ms"][load]
         assert figures["scored"] == figures["sent"] > 0 and 0 < figures["p50"] <= figures["p99"]
     assert set(result["share_of_pipeline_time"]) == set(STAGES)
+    bound = os.cpu_count() / sum(1 / v for v in result["ceilings_eps"].values())  # all cores on the stages alone
+    assert result["stage_bound_eps"] == pytest.approx(bound)
+    assert result["runs"]["2"]["ratio_to_stage_bound"] == pytest.approx(result["runs"]["2"]["throughput_eps"]
+                                                                        / result["stage_bound_eps"])

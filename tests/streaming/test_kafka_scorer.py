@@ -1,5 +1,6 @@
 """The Kafka scorer on a real broker (KAFKA_BOOTSTRAP, else testcontainers, else embedded Tansu):
-N events in → N distinct session_ids out, each equal to offline scoring; poison pills → DLQ."""
+N events in → N distinct session_ids out, each equal to offline scoring; poison pills → DLQ;
+the same guarantees when the loop pipelines two batches through a remote-style scorer."""
 
 from __future__ import annotations
 
@@ -20,9 +21,9 @@ from model.checkpoint import save_model
 from model.train import TrainConfig, fit, prepare
 from streaming.broker import launch_broker
 from streaming.events import decode_probabilities, sessions_to_events
-from streaming.kafka_io import KafkaConfig, KafkaScorer, replay
+from streaming.kafka_io import KafkaConfig, KafkaScorer, OutputsNotAcknowledged, replay
 from streaming.scoring import BatchScorer, InProcessPredictor
-from streaming.testing import FakeFeatures
+from streaming.testing import FakeFeatures, ThreadScorer
 from tests.streaming.test_scoring import _offline
 
 
@@ -129,12 +130,44 @@ def test_kill_9_between_produce_and_commit_loses_nothing(small_ds, broker, score
     assert 0 < duplicates <= 64  # exactly the one batch in flight, at most
 
 
-def test_two_scorers_split_the_partitions_and_one_takes_over(small_ds, broker, scorer):
+class FailsSecondBatchOnce(KafkaScorer):
+    """The broker refuses the second batch's outputs once (nothing of that batch was sent)."""
+
+    produced = 0
+
+    def _produce(self, producer, records, result):
+        self.produced += 1
+        if self.produced == 2:
+            raise OutputsNotAcknowledged("injected: the broker did not take the outputs")
+        super()._produce(producer, records, result)
+
+
+def test_pipelined_scorer_loses_nothing_when_outputs_fail_with_two_batches_in_flight(small_ds, broker, scorer):
+    cfg = topics(broker)
+    sessions = small_ds.sessions.slice(0, 300)
+    replay(cfg, sessions_to_events(sessions), progress=False)
+    remote = ThreadScorer(scorer)
+    stats = FailsSecondBatchOnce(remote, cfg, max_events=300, idle_exit_s=20).run()
+    assert remote.overlapped > 0  # batches were in flight two at a time
+    assert (stats.consumed, stats.scored) == (300, 300)
+    scores = [json.loads(r.value) for r in read_all(broker.bootstrap, cfg.scores_topic, 300)]
+    ids = [o["session_id"] for o in scores]
+    assert len(ids) == len(set(ids)) == 300  # the refused batch and the one started after it: once each
+    offline = dict(zip(sessions.column("session_id").to_pylist(), _offline(small_ds, scorer, sessions)))
+    for o in scores:
+        np.testing.assert_allclose(decode_probabilities(o["probabilities_f32"]), offline[o["session_id"]], atol=1e-5)
+    assert KafkaScorer(remote, cfg, idle_exit_s=3).run().consumed == 0  # every offset committed
+    remote.close()
+
+
+@pytest.mark.parametrize("pipelined", [False, True], ids=["in-process", "pipelined"])
+def test_two_scorers_split_the_partitions_and_one_takes_over(small_ds, broker, scorer, pipelined):
     cfg = topics(broker)
     sessions = small_ds.sessions.slice(0, 400)
     replay(cfg, sessions_to_events(sessions), progress=False)
-    first = KafkaScorer(scorer, cfg, max_events=128)  # stops early: its partitions move to the second
-    second = KafkaScorer(scorer, cfg, idle_exit_s=8)
+    wrap = ThreadScorer if pipelined else (lambda s: s)
+    first = KafkaScorer(wrap(scorer), cfg, max_events=128)  # stops early: its partitions move to the second
+    second = KafkaScorer(wrap(scorer), cfg, idle_exit_s=8)
     results = {}
     threads = [threading.Thread(target=lambda n=n, s=s: results.__setitem__(n, s.run())) for n, s in
                (("first", first), ("second", second))]
@@ -147,6 +180,7 @@ def test_two_scorers_split_the_partitions_and_one_takes_over(small_ds, broker, s
     assert results["first"].consumed + results["second"].consumed >= 400
     out = [json.loads(r.value)["session_id"] for r in read_all(broker.bootstrap, cfg.scores_topic, 400)]
     assert set(out) == set(sessions.column("session_id").to_pylist())
+    assert KafkaScorer(scorer, cfg, idle_exit_s=3).run().consumed == 0  # whoever scored a batch committed it
 
 
 SLOW_SCORER = """
