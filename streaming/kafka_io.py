@@ -189,10 +189,13 @@ def consume_loop(cfg: KafkaConfig, group_id: str, handle: Callable[[list[Record]
             consumed += len(records)
 
     def complete_before_revoke() -> None:
+        """Inside poll: kafka-python would swallow an exception raised here, so none is. A batch that
+        cannot be finished stays uncommitted; after the rebalance every assigned partition restarts
+        from its committed offset, so the next owner (or this consumer) gets it again."""
         try:
             complete()
-        except OutputsNotAcknowledged as exc:  # nothing committed: the next owner gets them again
-            log(f"outputs not acknowledged before a rebalance ({exc}); those batches will be delivered again")
+        except Exception as exc:  # noqa: BLE001 - logged, and the batches are delivered again
+            log(f"batches in flight not finished before a rebalance ({exc!r}); they will be delivered again")
             inflight.batches.clear()
 
     consumer.subscribe([topic or cfg.input_topic], listener=_CompleteOnRevoke(log, complete_before_revoke, on_assigned))
