@@ -177,7 +177,7 @@ def _measure_stages(kafka: KafkaConfig, topic: str, n: int, scorer, model):
     from streaming.kafka_io import ensure_topics
 
     ensure_topics(replace(kafka, scores_topic="bench.produce"))
-    return measure_stages(kafka, topic, n, scorer, model, "bench.produce", threads=1)  # per core
+    return measure_stages(kafka, topic, n, scorer, model, "bench.produce")
 
 
 def _run_actors(s: LanternSettings, kafka: KafkaConfig, events, n: int, latency: StreamBench | None, log) -> dict:

@@ -81,8 +81,9 @@ def _timed(fn: Callable, items: list) -> tuple[float, list]:
 
 
 def measure_stages(cfg: KafkaConfig, topic: str, expected: int, scorer: BatchScorer, model: torch.nn.Module,
-                   produce_topic: str, threads: int = 1) -> StageTimes:
-    """Each stage alone over the same ``expected`` records of ``topic``, in micro-batches."""
+                   produce_topic: str) -> StageTimes:
+    """Each stage alone over the same ``expected`` records of ``topic``, in micro-batches, on one
+    core: the costs per event add up (:meth:`StageTimes.bound_eps`)."""
     from model.data import encode_sessions
     from streaming.events import events_to_sessions
     from streaming.kafka_io import outputs_producer
@@ -98,7 +99,7 @@ def measure_stages(cfg: KafkaConfig, topic: str, expected: int, scorer: BatchSco
         lambda pair: encode_sessions(scorer.q, events_to_sessions(pair[0]), scorer.spec, pair[1]),
         list(zip(events, looked_up)))
     previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
+    torch.set_num_threads(1)
     try:
         device = next(model.parameters()).device
         seconds["model"], predicted = _timed(
