@@ -6,6 +6,7 @@ component that is down (that is what status is for). Exit code 6 when any probe 
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 from streaming.config import KafkaConfig
@@ -106,11 +107,28 @@ def registry_status(registry_root: Path) -> dict:
     return _section(champion is not None, f"{registry_root}: champion {champion or 'none'}", rows)
 
 
+def _refuses_connections(address: str, timeout_s: float = 2.0) -> str | None:
+    """Why ``[ray://]host:port`` takes no TCP connection, or None (it does, or the address is one
+    ``ray.init`` resolves itself, such as ``auto``). ``ray.init`` retries a GCS that is not there
+    for minutes; status answers in seconds."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return None
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        return exc.strerror or repr(exc)
+    return None
+
+
 def serve_status(address: str | None, app_name: str, timeout_s: float = 10.0) -> dict:
     """The Serve applications on the Ray cluster at ``address`` and the version the scorer serves."""
     import ray
     from ray import serve
 
+    refused = address and _refuses_connections(address)
+    if refused:
+        return _section(False, f"no Ray cluster at {address}: {refused}")
     try:
         ray.init(address=address or "auto", include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     except (ConnectionError, RuntimeError, ValueError) as exc:

@@ -1,4 +1,5 @@
-"""`lantern status` against a real broker, a real Feast store and a registry; no Ray running."""
+"""`lantern status` against a real broker, a real Feast store and a registry; no Ray cluster at the
+address it is given (a free port: other tests' Ray clusters on this machine are not its business)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import uuid
 
 import pytest
 
+from lantern.servers import free_port
+from lantern.status import serve_status
 from streaming.broker import launch_broker
 from streaming.kafka_io import KafkaConfig, Stopper, consume_loop, ensure_topics, replay
 from tests.features.conftest import recent_ds, sqlite_store  # noqa: F401  (shared fixtures)
@@ -26,11 +29,12 @@ def test_status_shows_topics_lag_store_registry_and_exits_6_without_serve(sqlite
                           dlq_topic=f"dlq-{tag}", group_id=f"lantern-scorer-{tag}", partitions=2)
         ensure_topics(cfg)
         replay(cfg, [(b"k", b"v%d" % i) for i in range(10)], progress=False)
-        consume_loop(cfg, cfg.group_id, lambda records: None, Stopper(), max_events=4, idle_exit_s=5)
+        # the idle clock runs through the group join, which is slow on a busy machine: wait long enough
+        assert consume_loop(cfg, cfg.group_id, lambda records: None, Stopper(), max_events=10, idle_exit_s=60) == 10
         env = {**os.environ, "KAFKA_BOOTSTRAP": broker.bootstrap, "LANTERN_KAFKA__INPUT_TOPIC": cfg.input_topic,
                "LANTERN_KAFKA__SCORES_TOPIC": cfg.scores_topic, "LANTERN_KAFKA__DLQ_TOPIC": cfg.dlq_topic,
                "LANTERN_FEATURES__REPO": str(feast_cfg.repo), "COLUMNS": "220"}
-        env.pop("RAY_ADDRESS", None)
+        env["RAY_ADDRESS"] = f"127.0.0.1:{free_port()}"
         run = subprocess.run([sys.executable, "-m", "lantern.cli", "status", "--registry", str(tmp_path / "reg")],
                              env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 6, run.stdout + run.stderr  # no champion, no Ray: down, said so
@@ -38,5 +42,12 @@ def test_status_shows_topics_lag_store_registry_and_exits_6_without_serve(sqlite
     assert f"in-{tag}" in text and "2 partitions" in text and "records" in text
     assert cfg.group_id in text and ("lag 0 " in text or "lag n/a" in text)  # consumed all 10 and committed
     assert "lantern_v1" in text and "materialized up to" in text
-    assert "no versions" in text and "no Ray cluster" in text
+    assert "no versions" in text and f"no Ray cluster at {env['RAY_ADDRESS']}" in text
     assert Registry(tmp_path / "reg").versions() == []
+
+
+def test_serve_status_of_an_address_nobody_listens_on_says_so_without_waiting_for_ray():
+    address = f"127.0.0.1:{free_port()}"
+    for given in (address, f"ray://{address}"):  # ray.init alone retries such an address for minutes
+        section = serve_status(given, "lantern")
+        assert not section["ok"] and section["detail"].startswith(f"no Ray cluster at {given}: "), section
