@@ -115,7 +115,7 @@ def _refuses_connections(address: str, timeout_s: float = 2.0) -> str | None:
     if not host or not port.isdigit():
         return None
     try:
-        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()  # [::1]:6379 too
     except OSError as exc:
         return exc.strerror or repr(exc)
     return None

@@ -4,6 +4,7 @@ address it is given (a free port: other tests' Ray clusters on this machine are 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import uuid
@@ -11,7 +12,7 @@ import uuid
 import pytest
 
 from lantern.servers import free_port
-from lantern.status import serve_status
+from lantern.status import _refuses_connections, serve_status
 from streaming.broker import launch_broker
 from streaming.kafka_io import KafkaConfig, Stopper, consume_loop, ensure_topics, replay
 from tests.features.conftest import recent_ds, sqlite_store  # noqa: F401  (shared fixtures)
@@ -51,3 +52,15 @@ def test_serve_status_of_an_address_nobody_listens_on_says_so_without_waiting_fo
     for given in (address, f"ray://{address}"):  # ray.init alone retries such an address for minutes
         section = serve_status(given, "lantern")
         assert not section["ok"] and section["detail"].startswith(f"no Ray cluster at {given}: "), section
+
+
+@pytest.mark.parametrize("host, family", [("127.0.0.1", socket.AF_INET), ("::1", socket.AF_INET6)])
+def test_an_address_that_takes_connections_goes_on_to_ray(host, family):
+    if family == socket.AF_INET6 and not socket.has_ipv6:
+        pytest.skip("no IPv6 on this machine: the [host]:port notation is not exercised")
+    with socket.create_server((host, 0), family=family) as listening:
+        port = listening.getsockname()[1]
+        shown = f"[{host}]" if family == socket.AF_INET6 else host
+        for given in (f"{shown}:{port}", f"ray://{shown}:{port}"):
+            assert _refuses_connections(given) is None, given
+    assert _refuses_connections("auto") is None  # ray.init resolves it itself
