@@ -140,6 +140,7 @@ def _setup(settings: LanternSettings, bench: StreamBench, root, log):
     from lantern.dataset.io import load_dataset, save_dataset
     from lantern.dataset.simulate import simulate
     from lantern.demo import demo_settings, fill_feature_store
+    from model.checkpoint import tuned_threshold
     from model.train import resolve_device
     from ray_jobs.bench import trained_registry
     from streaming.scoring import BatchScorer
@@ -153,7 +154,8 @@ def _setup(settings: LanternSettings, bench: StreamBench, root, log):
     store = fill_feature_store(s, ds)
     registry, _, _ = trained_registry(root, ds, s, log, preset=bench.preset)
     loaded = registry.load(None, str(resolve_device(s.serve.device)))  # the replicas' device: a GPU when there is one
-    scorer = BatchScorer(loaded.questionnaire, loaded.features, None, OnlineLookup(store), s.demo.threshold)
+    threshold = tuned_threshold(loaded.meta) if s.demo.threshold is None else s.demo.threshold
+    scorer = BatchScorer(loaded.questionnaire, loaded.features, None, OnlineLookup(store), threshold)
     return s, ds, scorer, loaded.model.eval()
 
 

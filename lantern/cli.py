@@ -41,6 +41,7 @@ def simulate(
 ):
     """Simulate a population answering the adaptive survey, plus external sources."""
     from lantern.dataset.io import save_dataset
+    from lantern.dataset.oracle import simulate_truth
     from lantern.dataset.simulate import simulate as run
 
     s = settings_for(ctx, simulate=dict(users=users, seed=seed, noise=noise, missing=missing, fatigue=fatigue),
@@ -48,6 +49,7 @@ def simulate(
     t0 = time.perf_counter()
     ds = run(s.simulate)
     save_dataset(ds, s.paths.data)
+    simulate_truth(s.simulate).save(s.paths.data)  # the oracle and never-presented answers, for evaluation
     out.print(f"wrote {ds.sessions.num_rows} sessions of {s.simulate.users} users, "
               f"{len(ds.questionnaire.questions)} questions, {ds.questionnaire.n_keys} response keys, "
               f"sources {sorted(ds.external)} to {s.paths.data} in {time.perf_counter() - t0:.1f} s")
@@ -146,8 +148,10 @@ def bench_quality(
     from lantern.dataset.io import load_dataset
     from model.ablation import print_table, run_ablation, write_result
 
+    from lantern.dataset.oracle import Truth
+
     s = settings_for(ctx, paths=dict(data=data), train=dict(epochs=epochs, preset=preset))
-    result = run_ablation(load_dataset(s.paths.data), s.train, log=console.print)
+    result = run_ablation(load_dataset(s.paths.data), s.train, log=console.print, truth=Truth.load(s.paths.data))
     write_result(result, json_out)
     print_table(result, out)
     out.print(f"results in {json_out} ({result['seconds']:.0f} s)")
@@ -203,7 +207,9 @@ def status(
 
 
 def _register() -> None:
-    from lantern import cli_features, cli_ray, cli_streaming
+    from lantern import cli_data, cli_features, cli_ray, cli_streaming
+
+    app.command("import")(cli_data.import_cmd)
 
     features_app.command("apply")(cli_features.features_apply)
     features_app.command("materialize")(cli_features.features_materialize)

@@ -66,7 +66,8 @@ def score(
     idle_exit: Annotated[Optional[float], typer.Option(help="Stop after this many idle seconds.")] = None,
     use_features: Annotated[bool, typer.Option("--features/--no-features",
                                                help="Look external context up in the feature store.")] = True,
-    threshold: Annotated[float, typer.Option(min=0, max=1)] = 0.5,
+    threshold: Annotated[Optional[float], typer.Option(
+        min=0, max=1, help="Multi-select decision threshold (default: the one tuned when the model was trained).")] = None,
     use_serve: Annotated[bool, typer.Option("--serve", help="Send micro-batches to the Ray Serve app "
                                                             "(deployed from the registry if not running).")] = False,
     ray_actors: Annotated[int, typer.Option("--ray-actors", min=0, help="Run N consumers as Ray actors.")] = 0,

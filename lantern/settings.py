@@ -41,7 +41,7 @@ class DemoConfig(BaseModel):
     rate: float = Field(800.0, gt=0)  # completion events per second offered to the stream
     bad_events: int = Field(100, ge=0)  # broken events mixed in: each must reach the DLQ
     consumers: int = Field(1, ge=1)  # StreamConsumer replicas (≤ kafka.partitions)
-    threshold: float = Field(0.5, ge=0, le=1)
+    threshold: float | None = Field(None, ge=0, le=1)  # multi-select; None = the model's tuned one
     feature_ttl_days: float = Field(365.0, gt=0)  # the simulated external rows are up to ~6 months old
 
 

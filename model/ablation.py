@@ -1,79 +1,195 @@
-"""`lantern bench quality`: every variant and the logistic baseline on one split, one table."""
+"""`lantern bench quality`: every variant, the logistic baseline and the answer-rate reference on
+one split; paired-bootstrap 95 % intervals for LANTERN against each of them."""
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 
 from lantern.dataset.io import Dataset
-from model.evaluate import evaluate
+from model.evaluate import HiddenSet, evaluate, frequency_probs, predict
 from model.lantern import VARIANTS
+from model.metrics import Layout, tune_multi_threshold
+from model.quality import paired_difference, paired_macro_auc, quality_report, resamples, row_stats
 from model.train import Prepared, TrainConfig, fit, prepare
 
 ABLATION = VARIANTS + ("logistic",)
+REFERENCE, ORACLE = "answer_rates", "oracle"
 PAPER_F1 = {"survey_only": 0.734, "external_only": 0.545, "lantern": 0.775}
+BOOTSTRAP_REPS, AUC_REPS = 1000, 100
 
 
-def run_ablation(ds: Dataset, tc: TrainConfig, variants=ABLATION, progress: bool = True, log=print) -> dict:
+def run_ablation(ds: Dataset, tc: TrainConfig, variants=ABLATION, progress: bool = True, log=print,
+                 truth=None) -> dict:
     t0 = time.perf_counter()
-    result = ablate(prepare(ds, tc), ds, tc, variants, progress=progress, log=log)
+    result = ablate(prepare(ds, tc), ds, tc, variants, progress=progress, log=log, truth=truth)
     result["seconds"] = time.perf_counter() - t0
     return result
 
 
+def reference(prep: Prepared, layout: Layout) -> tuple[np.ndarray, float]:
+    """The answer-rate reference's validation-tuned threshold and its probabilities, one row."""
+    train = prep.data.take(prep.train_idx)
+    val = frequency_probs(train, prep.key_question, len(prep.val.y))
+    return val[0], tune_multi_threshold(val, prep.val.y, prep.val.loss_mask, layout)
+
+
+def never_presented(prep: Prepared, truth) -> HiddenSet:
+    """Test sessions as completed (nothing hidden), scored on the questions the survey would have
+    asked next had the respondent not stopped, against the simulator's would-be answers."""
+    rows = prep.test_idx
+    return HiddenSet(prep.data.take(rows), truth.unasked_answers[rows], truth.unasked[rows][:, prep.key_question])
+
+
+@dataclass
+class _Scored:
+    """One evaluation task: its hidden set, and every model's probabilities and threshold on it."""
+
+    hs: HiddenSet
+    probs: dict = field(default_factory=dict)
+    thresholds: dict = field(default_factory=dict)
+
+    def add(self, name: str, probs: np.ndarray, threshold: float, prep: Prepared, layout: Layout) -> dict:
+        self.probs[name], self.thresholds[name] = probs, threshold
+        return quality_report(probs, self.hs.y, self.hs.loss_mask, prep.rare, layout, threshold)
+
+
 def ablate(prep: Prepared, ds: Dataset, tc: TrainConfig, variants=ABLATION, trained: dict | None = None,
-           progress: bool = True, log=print) -> dict:
+           progress: bool = True, log=print, truth=None) -> dict:
     """Every variant on one prepared split. ``trained``: variant → (model, training history) already
-    fitted on this split elsewhere (e.g. by Ray Train); only the others are fitted here."""
+    fitted on this split elsewhere (e.g. by Ray Train); only the others are fitted here. ``truth``
+    (simulated data): the Bayes oracle as a row, and the never-presented questions as a second task."""
     t0 = time.perf_counter()
-    names = [s.name for s in prep.features.sources]
-    trained = trained or {}
-    results = {}
+    names, layout, trained = [s.name for s in prep.features.sources], Layout.of(ds.questionnaire), trained or {}
+    tasks = {"hidden": _Scored(prep.test)}
+    if truth is not None:
+        tasks["never_presented"] = _Scored(never_presented(prep, truth))
+    ref_row, ref_threshold = reference(prep, layout)
+    results = {REFERENCE: {"variant": REFERENCE}}
+    for task_name, task in tasks.items():
+        report = task.add(REFERENCE, np.broadcast_to(ref_row, task.hs.y.shape), ref_threshold, prep, layout)
+        _store(results[REFERENCE], task_name, report)
     for variant in variants:
         if variant in trained:
             model, history = trained[variant]
         else:
             model, history = fit(prep, replace(tc, variant=variant), progress=progress)
-        report = evaluate(model, prep.test, ds.questionnaire, prep.rare, names)
+        threshold = history.get("multi_threshold", 0.5)
+        report = evaluate(model, prep.test, ds.questionnaire, prep.rare, names, multi_threshold=threshold,
+                          probs_out=tasks["hidden"].probs)
+        tasks["hidden"].thresholds[variant] = threshold
         report["training"] = history
+        if "never_presented" in tasks:
+            report["never_presented"] = tasks["never_presented"].add(
+                variant, predict(model, tasks["never_presented"].hs), threshold, prep, layout)
         results[variant] = report
-        log(f"{variant:>14}: F1 {report['micro']['f1']:.4f}  rare {report['rare']['f1']:.4f}  "
-            f"({history['seconds']:.0f} s, {len(history['history'])} epochs"
+        log(f"{variant:>14}: log loss {report['log_loss']:.4f}  F1 {report['f1']:.4f}  rare {report['rare_f1']:.4f}  "
+            f"AUC {report['auc_macro']:.4f}  ({history['seconds']:.0f} s, {len(history['history'])} epochs"
             f"{', ' + history['trainer'] if 'trainer' in history else ''})")
-    return {
+    if truth is not None:
+        results[ORACLE] = {"variant": ORACLE}
+        val_oracle = truth.oracle[prep.val_idx]
+        threshold = tune_multi_threshold(val_oracle, prep.val.y, prep.val.loss_mask, layout)
+        for task_name, task in tasks.items():
+            _store(results[ORACLE], task_name, task.add(ORACLE, truth.oracle[prep.test_idx], threshold, prep, layout))
+    hs = prep.test
+    out = {
         "dataset": {"sessions": ds.sessions.num_rows, "questions": len(ds.questionnaire.questions),
                     "response_keys": ds.questionnaire.n_keys, "sources": names,
-                    "rare_keys": int(prep.rare.sum()), "test_sessions": int(len(prep.test.y))},
+                    "rare_keys": int(prep.rare.sum()), "test_sessions": int(len(hs.y)),
+                    "hidden_decisions": int(row_stats(tasks["hidden"].probs[REFERENCE], hs.y, hs.loss_mask, layout,
+                                                      0.5, prep.rare)[:, 1].sum())},
         "config": {k: v for k, v in tc.__dict__.items() if k != "variant"},
         "variants": results,
+        "comparisons": {name: compare(task, prep, layout) for name, task in tasks.items()},
         "seconds": time.perf_counter() - t0,
     }
+    if truth is not None:
+        out["oracle_gap_closed"] = gap_closed(results)
+    return out
 
 
-def ablation_table(result: dict) -> Table:
-    variants = result["variants"]
-    base = variants.get("survey_only", {}).get("micro", {}).get("f1")
-    base_rare = variants.get("survey_only", {}).get("rare", {}).get("f1")
-    table = Table(title=f"Ablation on {result['dataset']['test_sessions']} held-out sessions "
-                        "(hidden questions, threshold 0.5)")
-    for col in ("variant", "F1", "P", "R", "rare F1", "freq F1", "AUC", "ECE", "F1 spread 0.3–0.7",
-                "ΔF1 vs survey", "Δrare vs survey", "paper F1"):
+def _store(row: dict, task: str, report: dict) -> None:
+    if task == "hidden":
+        row.update(report)
+    else:
+        row[task] = report
+
+
+def gap_closed(results: dict, base: str = "survey_only") -> dict:
+    """Per variant: the share of the ``base`` → oracle gap it closes (log loss, F1, rare F1)."""
+    oracle, ref = results.get(ORACLE), results.get(base)
+    if oracle is None or ref is None:
+        return {}
+    out = {}
+    for name, r in results.items():
+        if name in (ORACLE, base, REFERENCE):
+            continue
+        out[name] = {m: (r[m] - ref[m]) / (oracle[m] - ref[m]) if oracle[m] != ref[m] else float("nan")
+                     for m in ("log_loss", "f1", "rare_f1")}
+    return out
+
+
+def compare(task: _Scored, prep: Prepared, layout: Layout, focus: str = "lantern") -> dict:
+    """``focus`` − every other model on one task, paired over the same resampled sessions."""
+    if focus not in task.probs:
+        return {}
+    hs = task.hs
+    stats = {name: row_stats(p, hs.y, hs.loss_mask, layout, task.thresholds[name], prep.rare)
+             for name, p in task.probs.items()}
+    weights = resamples(len(hs.y), BOOTSTRAP_REPS, seed=0)
+    out = {}
+    for other in task.probs:
+        if other == focus:
+            continue
+        diff = paired_difference(stats[focus], stats[other], weights)
+        diff["auc_macro"] = paired_macro_auc(task.probs[focus], task.probs[other], hs.y, hs.loss_mask,
+                                             weights[:AUC_REPS])
+        out[f"{focus} - {other}"] = diff
+    return out
+
+
+def _cell(d: dict) -> str:
+    return f"{d['diff']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]{'' if d['excludes_0'] else ' ~'}"
+
+
+def _rate(x: float) -> str:
+    return "n/a" if x != x else f"{x:.4f}"
+
+
+def ablation_table(result: dict, task: str = "hidden") -> Table:
+    rows = {name: r if task == "hidden" else r.get(task) for name, r in result["variants"].items()}
+    rows = {name: r for name, r in rows.items() if r is not None and "log_loss" in r}
+    base = rows.get("survey_only", {}).get("f1")
+    rare = result["dataset"]["rare_keys"] > 0
+    what = ("hidden questions" if task == "hidden" else
+            "questions never presented (the respondent stopped before them), the simulator's would-be answers")
+    table = Table(title=f"{result['dataset']['test_sessions']} held-out sessions, {what}; F1: argmax per "
+                        "single-select question, multi-select threshold tuned on validation")
+    for col in ("variant", "log loss", "Brier", "AUC macro", "AP macro", "F1", "rare F1", "accuracy", "F1@0.5",
+                "ECE", "ΔF1 vs survey"):
         table.add_column(col, justify="left" if col == "variant" else "right", no_wrap=True)
-    for name, r in variants.items():
-        f1s = [t["f1"] for t in r["thresholds"]]
-        table.add_row(
-            name, f"{r['micro']['f1']:.4f}", f"{r['micro']['precision']:.4f}", f"{r['micro']['recall']:.4f}",
-            f"{r['rare']['f1']:.4f}", f"{r['frequent']['f1']:.4f}", f"{r['auc']:.4f}", f"{r['ece']:.4f}",
-            f"{max(f1s) - min(f1s):.4f}",
-            f"{(r['micro']['f1'] / base - 1) * 100:+.1f}%" if base else "",
-            f"{(r['rare']['f1'] / base_rare - 1) * 100:+.1f}%" if base_rare else "",
-            f"{PAPER_F1[name]:.3f}" if name in PAPER_F1 else "",
-        )
+    for name, r in rows.items():
+        table.add_row(name, f"{r['log_loss']:.4f}", f"{r['brier']:.4f}", _rate(r['auc_macro']),
+                      _rate(r['ap_macro']), f"{r['f1']:.4f}", f"{r['rare_f1']:.4f}" if rare else "n/a",
+                      f"{r['accuracy']:.4f}", f"{r['at_0.5']['f1']:.4f}", f"{r['ece']:.4f}",
+                      f"{(r['f1'] / base - 1) * 100:+.1f}%" if base else "")
+    return table
+
+
+def comparison_table(result: dict, task: str = "hidden") -> Table:
+    table = Table(title=f"Paired bootstrap ({task}): difference [95 % interval], ~ = the interval holds 0; "
+                        "log loss: lower is better")
+    for col in ("pair", "log loss", "F1", "rare F1", "AUC macro", "accuracy"):
+        table.add_column(col, justify="left" if col == "pair" else "right", no_wrap=True)
+    for pair, d in result["comparisons"].get(task, {}).items():
+        table.add_row(pair, *(_cell(d[m]) for m in ("log_loss", "f1", "rare_f1", "auc_macro", "accuracy")))
     return table
 
 
@@ -84,4 +200,11 @@ def write_result(result: dict, path: str | Path) -> None:
 
 
 def print_table(result: dict, console: Console | None = None) -> None:
-    (console or Console()).print(ablation_table(result))
+    console = console or Console()
+    for task in result.get("comparisons", {"hidden": None}):
+        console.print(ablation_table(result, task))
+        if result["comparisons"].get(task):
+            console.print(comparison_table(result, task))
+    for name, share in result.get("oracle_gap_closed", {}).items():
+        console.print(f"{name}: share of the survey_only → oracle gap closed: "
+                      + ", ".join(f"{m} {v:+.1%}" for m, v in share.items()))

@@ -22,6 +22,11 @@ WEIGHTS, CONFIG, FEATURES, QUESTIONNAIRE, META = (
     "weights.pt", "config.json", "features.json", "questionnaire.json", "meta.json")
 
 
+def tuned_threshold(meta: dict, default: float = 0.5) -> float:
+    """The multi-select threshold tuned on validation data when the model was trained."""
+    return float(meta.get("training", {}).get("multi_threshold", default))
+
+
 def build_model(cfg: LanternConfig) -> nn.Module:
     return LogisticBaseline(cfg) if cfg.variant == "logistic" else Lantern(cfg)
 
@@ -55,6 +60,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
         raise ModelError(f"{path} is not a lantern model directory (missing {', '.join(missing)})")
     raw = json.loads((path / CONFIG).read_text())
     raw["sources"] = tuple(SourceDims(**{**s, "cat_cards": tuple(s["cat_cards"])}) for s in raw["sources"])
+    raw.setdefault("wide", False)  # saved before the wide path and the question-kind outputs existed
+    for name in ("key_question", "single_select"):
+        raw[name] = tuple(raw.get(name, ()))
     cfg = LanternConfig(**raw)
     model = build_model(cfg)
     try:

@@ -17,11 +17,12 @@ PRESETS = {
 class TrainConfig:
     variant: str = "lantern"
     preset: str = "small"
-    epochs: int = 12
-    batch_size: int = 256
-    lr: float = 3e-3
+    epochs: int = 12  # passes at most (early stopping usually ends sooner)
+    batch_size: int = 256  # at most: smaller where needed for min_batches
+    min_batches: int = 50  # per epoch at least: a 2K-user dataset gets smaller batches, not fewer updates
+    lr: float = 2e-3
     weight_decay: float = 0.01
-    patience: int = 3
+    patience: int = 3  # epochs without a lower validation loss (each halves the learning rate)
     hide_fraction: float = 0.3
     seed: int = 0
     eval_seed: int = 1234

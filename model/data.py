@@ -83,14 +83,24 @@ def model_config(q: Questionnaire, spec: FeatureSpec, variant: str, preset: str,
     )
     return LanternConfig(n_questions=len(q.questions), n_keys=q.n_keys,
                          max_selected=max(len(x.options) for x in q.questions),
-                         sources=dims, variant=variant, **{**PRESETS[preset], **overrides})
+                         sources=dims, variant=variant, key_question=tuple(q.key_question),
+                         single_select=tuple(x.kind == "single" for x in q.questions),
+                         **{**PRESETS[preset], **overrides})
+
+
+def question_parents(q: Questionnaire) -> np.ndarray:
+    """(Q,) index of the question each question is routed on, -1 for unconditional ones."""
+    return np.array([q.question_index[x.condition.question_id] if x.condition else -1 for x in q.questions])
 
 
 def hide_questions(q_idx: np.ndarray, sel: np.ndarray, key_question: np.ndarray, frac: float,
-                   rng: np.random.Generator):
-    """Masked-response modelling: hide ``frac`` of each session's answered questions (≥ 1).
+                   rng: np.random.Generator, parent: np.ndarray | None = None):
+    """Masked-response modelling: hide ``frac`` of each session's answered questions (≥ 1), and
+    with each hidden question every follow-up routed on it (``parent``), so that no visible
+    follow-up gives a hidden gate's answer away.
 
-    Returns the visible ``q_idx``/``sel`` and the loss mask (B, K) over hidden questions' keys.
+    Returns the visible ``q_idx``/``sel`` and the loss mask (B, K) over the keys of the hidden
+    questions that were answered (a presented but skipped follow-up is hidden, never scored).
     """
     answered = (q_idx > 0) & (sel > 0).any(-1)  # (B, T)
     r = rng.random(q_idx.shape)
@@ -98,10 +108,19 @@ def hide_questions(q_idx: np.ndarray, sel: np.ndarray, key_question: np.ndarray,
     need = answered.any(1) & ~hidden.any(1)
     pick = np.argmax(np.where(answered, r, -1.0), 1)
     hidden[need, pick[need]] = True
-    hidden_q = np.zeros((len(q_idx), key_question.max() + 2), bool)
+    n_q = int(key_question.max()) + 1
+    hidden_q = np.zeros((len(q_idx), n_q + 1), bool)  # column 0: padding
     rows, cols = np.nonzero(hidden)
     hidden_q[rows, q_idx[rows, cols]] = True
-    return np.where(hidden, 0, q_idx), np.where(hidden[..., None], 0, sel), hidden_q[:, key_question + 1]
+    if parent is not None:
+        for child in np.flatnonzero(parent >= 0):  # conditions point backwards: one forward pass
+            hidden_q[:, child + 1] |= hidden_q[:, parent[child] + 1]
+        hidden = np.take_along_axis(hidden_q, q_idx.astype(np.int64), 1) & (q_idx > 0)
+    answered_q = np.zeros_like(hidden_q)
+    rows, cols = np.nonzero(answered)
+    answered_q[rows, q_idx[rows, cols]] = True
+    scored = (hidden_q & answered_q)[:, key_question + 1]
+    return np.where(hidden, 0, q_idx), np.where(hidden[..., None], 0, sel), scored
 
 
 def to_batch(q_idx: np.ndarray, sel: np.ndarray, sources: list[SourceArrays], device="cpu") -> Batch:

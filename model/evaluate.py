@@ -11,7 +11,9 @@ from torch import nn
 
 from lantern.dataset.questionnaire import Questionnaire
 from model.data import EncodedData, hide_questions, to_batch
-from model.metrics import quality_report, summarise
+from model.metrics import Layout, summarise
+from model.outputs import key_probs
+from model.quality import quality_report
 
 
 @dataclass
@@ -23,9 +25,10 @@ class HiddenSet:
     loss_mask: np.ndarray  # (N, K) keys of hidden questions
 
 
-def hidden_set(data: EncodedData, key_question: np.ndarray, frac: float, seed: int) -> HiddenSet:
+def hidden_set(data: EncodedData, key_question: np.ndarray, frac: float, seed: int,
+               parent: np.ndarray | None = None) -> HiddenSet:
     s = data.survey
-    q_in, sel_in, mask = hide_questions(s.q_idx, s.sel, key_question, frac, np.random.default_rng(seed))
+    q_in, sel_in, mask = hide_questions(s.q_idx, s.sel, key_question, frac, np.random.default_rng(seed), parent)
     visible = EncodedData(type(s)(q_in, sel_in, s.y), data.sources, data.user_ids)
     return HiddenSet(visible, s.y, mask)
 
@@ -37,8 +40,9 @@ def rare_keys(data: EncodedData, q: Questionnaire, threshold: float = 0.2) -> np
 
 
 def frequency_probs(train: EncodedData, key_question: np.ndarray, n: int) -> np.ndarray:
-    """The per-key frequency reference: P(key | its question was answered) on training data,
-    the same for every session — what a model must beat to have learned anything."""
+    """The answer-rate reference: P(option | its question was answered) on training data, the
+    same for every session (a single-select question's rates sum to one) — what a model must
+    beat to have learned anything."""
     s = train.survey
     answered = np.zeros((len(s.q_idx), key_question.max() + 2), bool)
     rows, cols = np.nonzero((s.q_idx > 0) & (s.sel > 0).any(-1))
@@ -62,7 +66,7 @@ def predict(model: nn.Module, hs: HiddenSet, batch_size: int = 1024, device="cpu
         else:
             logits, aux = model(batch, return_aux=True)
             diagnostics.add(batch, aux)
-        out[idx] = torch.sigmoid(logits).float().cpu().numpy()
+        out[idx] = key_probs(logits, model.cfg).cpu().numpy()
     return out
 
 
@@ -114,12 +118,16 @@ class Diagnostics:
 
 
 def evaluate(model: nn.Module, hs: HiddenSet, q: Questionnaire, rare: np.ndarray, source_names: list[str],
-             device="cpu") -> dict:
+             device="cpu", multi_threshold: float = 0.5, probs_out: dict | None = None) -> dict:
+    """The quality report of one model on a hidden set (``multi_threshold``: tuned on validation);
+    ``probs_out[variant]`` receives the probabilities (for paired comparisons)."""
     variant = model.cfg.variant
     diag = Diagnostics(q, source_names) if variant in ("lantern", "external_only") else None
     probs = predict(model, hs, device=device, diagnostics=diag)
+    if probs_out is not None:
+        probs_out[variant] = probs
     report = {"variant": variant, "sessions": int(len(hs.y)), "hidden_keys": int(hs.loss_mask.sum()),
-              **quality_report(probs, hs.y, hs.loss_mask, rare)}
+              **quality_report(probs, hs.y, hs.loss_mask, rare, Layout.of(q), multi_threshold)}
     if diag is not None:
         report.update(diag.report())
     return report

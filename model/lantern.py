@@ -5,7 +5,8 @@
     h_t = CrossAttn_8heads(q=h_s, kv=e)            # (B, Tq, D)
     g   = σ(W [h_s; h_t])                          # (B, Tq, D) per-dimension selective gate
     h   = h_s + g ⊙ (h_t − h_s)                    # g = 0 for users with no external data → survey-only
-    p   = σ(FF(pool(LN(dropout(h + noise)))))      # (B, K) every response key
+    z   = FF(pool(LN(dropout(h + noise)))) + W·x   # (B, K) every response key; W·x the wide (linear) path
+    p   = softmax per single-select question, σ per multi-select option (model/outputs.py)
 
 Variants from the same code: ``survey_only``, ``external_only``, ``early_fusion`` (one encoder over
 both token sets), ``lantern``. Device, optimiser and data handling live outside this file.
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.config import BASELINES, PRESETS, VARIANTS  # noqa: F401 - re-exported
+from model.wide import Wide
 
 
 @dataclass(frozen=True)
@@ -47,10 +49,16 @@ class LanternConfig:
     ff_mult: int = 2
     dropout: float = 0.1
     fusion_noise: float = 0.1
+    wide: bool = True  # add the logistic (linear) path to the logits
+    gate_bias: float = -2.0  # the gate's initial bias: external context earns its way in
+    key_question: tuple[int, ...] = ()  # (K,) question of every response key; () = a sigmoid per key
+    single_select: tuple[bool, ...] = ()  # (Q,) True = one option per question (softmax)
 
     def __post_init__(self):
         assert self.variant in VARIANTS + BASELINES, self.variant
         assert self.d_model % self.n_heads == 0 and self.d_model % self.encoder_heads == 0
+        assert not self.key_question or (len(self.key_question) == self.n_keys
+                                         and len(self.single_select) == self.n_questions)
 
 
 @dataclass
@@ -217,9 +225,12 @@ class Lantern(nn.Module):
             self.cross = Attention(cfg, cfg.n_heads)
         if cfg.variant == "lantern":
             self.gate = nn.Linear(2 * d, d)
+            nn.init.constant_(self.gate.bias, cfg.gate_bias)  # starts survey-dominant: σ(−2) ≈ 0.12
         self.drop, self.ln_out = nn.Dropout(cfg.dropout), nn.LayerNorm(d)
         self.head = nn.Sequential(nn.Linear(d, cfg.ff_mult * d), nn.GELU(), nn.Dropout(cfg.dropout),
                                   nn.Linear(cfg.ff_mult * d, cfg.n_keys))
+        if cfg.wide:  # the survey part unless the variant ignores the survey; the external part unless it has none
+            self.wide = Wide(cfg, survey=cfg.variant != "external_only", external=uses_external)
 
     def _encode_survey(self, x, mask):
         for blk in self.survey_blocks:
@@ -263,6 +274,9 @@ class Lantern(nn.Module):
             h = h + self.cfg.fusion_noise * torch.randn_like(h)
         h = self.ln_out(self.drop(h))
         logits = self.head(_pool(h, mask_s))  # (B, K)
+        if self.cfg.wide:
+            logits = logits + self.wide(q_idx, batch.sel * (q_idx > 0)[..., None], batch.sources,
+                                        use_external=not survey_only_path)
         return (logits, aux) if return_aux else logits
 
 

@@ -1,36 +1,118 @@
-"""Pure numpy metrics over the hidden questions' response keys."""
+"""Pure numpy metrics over the hidden questions' response keys, with decision rules that fit the
+question kind: a single-select question is decided by the argmax of its options, a multi-select
+option by a threshold tuned on validation data.
+
+Units: ``log_loss`` is the mean negative log-likelihood per decision — one per hidden
+single-select question (−log p of the chosen option), one per hidden multi-select option (binary)
+— the same quantity the model is trained and selected on. F1 is micro over hidden keys.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
+TUNING_GRID = np.round(np.arange(0.05, 0.951, 0.025), 3)
+EPS = 1e-7
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Which question each response key belongs to, and the questions' kinds."""
+
+    key_question: np.ndarray  # (K,) question index of every key (keys of a question are contiguous)
+    single: np.ndarray  # (K,) True for keys of single-select questions
+    ordinal: np.ndarray  # (Q,) True for questions declared as ordinal scales
+
+    @classmethod
+    def of(cls, q) -> Layout:
+        kq = np.asarray(q.key_question, dtype=np.int64)
+        single_q = np.array([x.kind == "single" for x in q.questions])
+        return cls(kq, single_q[kq], np.array([getattr(x, "ordinal", False) for x in q.questions]))
+
+    @property
+    def starts(self) -> np.ndarray:  # first key of every question
+        return np.flatnonzero(np.r_[True, np.diff(self.key_question) != 0])
+
+
+def _question_max(probs: np.ndarray, layout: Layout) -> np.ndarray:
+    return np.maximum.reduceat(probs, layout.starts, axis=1)[:, layout.key_question]  # (N, K)
+
+
+def decide(probs: np.ndarray, layout: Layout, multi_threshold: float = 0.5, abstain_below: float = 0.0) -> np.ndarray:
+    """(N, K) bool: the argmax option of every single-select question (none where its top
+    probability is below ``abstain_below``), and every multi-select option at ≥ the threshold."""
+    top = _question_max(probs, layout)
+    single = (probs >= top) & (top >= abstain_below)
+    return np.where(layout.single, single, probs >= multi_threshold)
+
+
+def _prf(tp: float, n_pred: float, n_true: float) -> dict:
+    precision, recall = tp / max(n_pred, 1), tp / max(n_true, 1)
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1, "support": int(n_true)}
 
 
 def prf(probs: np.ndarray, y: np.ndarray, mask: np.ndarray, threshold: float = 0.5) -> dict:
-    """Micro precision / recall / F1 over the entries where ``mask`` is set."""
-    pred = (probs >= threshold) & mask
-    truth = (y > 0) & mask
-    tp = float((pred & truth).sum())
-    precision = tp / max(pred.sum(), 1)
-    recall = tp / max(truth.sum(), 1)
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"precision": precision, "recall": recall, "f1": f1, "support": int(truth.sum())}
+    """Micro precision / recall / F1 with one threshold for every key, where ``mask`` is set."""
+    pred, truth = (probs >= threshold) & mask, (y > 0) & mask
+    return _prf(float((pred & truth).sum()), float(pred.sum()), float(truth.sum()))
+
+
+def decision_f1(probs, y, mask, layout: Layout, multi_threshold: float) -> dict:
+    """Micro precision / recall / F1 under the question-kind decision rules."""
+    pred, truth = decide(probs, layout, multi_threshold) & mask, (y > 0) & mask
+    return _prf(float((pred & truth).sum()), float(pred.sum()), float(truth.sum()))
+
+
+def tune_multi_threshold(probs, y, mask, layout: Layout) -> float:
+    """The multi-select threshold with the best micro F1 on these (validation) sessions."""
+    scores = [decision_f1(probs, y, mask, layout, t)["f1"] for t in TUNING_GRID]
+    return float(TUNING_GRID[int(np.argmax(scores))])
+
+
+def _nll(probs, y, mask, layout: Layout) -> tuple[np.ndarray, np.ndarray]:
+    """Per-entry negative log-likelihood and decision units (N, K), zero outside ``mask``."""
+    p, t = np.clip(probs, EPS, 1 - EPS), y > 0
+    single = layout.single[None, :]
+    nll = np.where(t, -np.log(p), np.where(single, 0.0, -np.log1p(-p)))
+    units = np.where(single, t, True) & mask
+    return np.where(mask, nll, 0.0), units
+
+
+def log_loss(probs, y, mask, layout: Layout) -> float:
+    nll, units = _nll(probs, y, mask, layout)
+    return float(nll.sum() / max(units.sum(), 1))
 
 
 def auc(probs: np.ndarray, y: np.ndarray, mask: np.ndarray) -> float:
-    """Micro ROC AUC (Mann-Whitney U with average ranks for ties)."""
+    """ROC AUC over the masked entries (Mann-Whitney U with average ranks for ties)."""
     p, t = probs[mask], y[mask] > 0
     n_pos, n_neg = int(t.sum()), int((~t).sum())
     if not n_pos or not n_neg:
         return float("nan")
     order = np.argsort(p, kind="mergesort")
-    sorted_p = p[order]
+    _, first, counts = np.unique(p[order], return_index=True, return_counts=True)
     ranks = np.empty(len(p))
-    _, first, counts = np.unique(sorted_p, return_index=True, return_counts=True)
-    avg = first + (counts + 1) / 2.0  # 1-based average rank of each tie group
-    ranks[order] = np.repeat(avg, counts)
+    ranks[order] = np.repeat(first + (counts + 1) / 2.0, counts)  # 1-based average rank per tie group
     return float((ranks[t].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def average_precision(probs: np.ndarray, y: np.ndarray, mask: np.ndarray) -> float:
+    p, t = probs[mask], y[mask] > 0
+    if not t.any():
+        return float("nan")
+    order = np.argsort(-p, kind="mergesort")
+    hits = t[order]
+    precision_at = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+    return float(precision_at[hits].mean())
+
+
+def per_key(metric, probs, y, mask) -> np.ndarray:
+    """``metric`` of every key over the sessions where that key is hidden (NaN: one class only)."""
+    return np.array([metric(probs[:, k], y[:, k], mask[:, k]) for k in range(probs.shape[1])])
 
 
 def ece(probs: np.ndarray, y: np.ndarray, mask: np.ndarray, bins: int = 15) -> float:
@@ -40,10 +122,25 @@ def ece(probs: np.ndarray, y: np.ndarray, mask: np.ndarray, bins: int = 15) -> f
         return float("nan")
     which = np.minimum((p * bins).astype(int), bins - 1)
     count = np.bincount(which, minlength=bins)
-    conf = np.bincount(which, p, bins)
-    acc = np.bincount(which, t, bins)
+    conf, acc = np.bincount(which, p, bins), np.bincount(which, t, bins)
     nz = count > 0
     return float(np.abs(acc[nz] - conf[nz]).sum() / len(p))
+
+
+def ordinal_mae(probs, y, mask, layout: Layout) -> float:
+    """Mean absolute error in scale points of the predictive median, over hidden answers to
+    questions declared ordinal (NaN when there are none)."""
+    errors = []
+    for qi in np.flatnonzero(layout.ordinal):
+        keys = np.flatnonzero(layout.key_question == qi)
+        rows = mask[:, keys[0]] & (y[:, keys] > 0).any(1)
+        if not rows.any():
+            continue
+        p = probs[rows][:, keys]
+        cdf = np.cumsum(p / p.sum(1, keepdims=True), 1)
+        median = (cdf < 0.5).sum(1)
+        errors.append(np.abs(median - np.argmax(y[rows][:, keys], 1)))
+    return float(np.concatenate(errors).mean()) if errors else float("nan")
 
 
 def summarise(values: np.ndarray) -> dict:
@@ -52,17 +149,3 @@ def summarise(values: np.ndarray) -> dict:
     q = np.quantile(values, [0.1, 0.5, 0.9])
     return {"n": int(len(values)), "mean": float(values.mean()), "p10": float(q[0]), "p50": float(q[1]),
             "p90": float(q[2])}
-
-
-def quality_report(probs: np.ndarray, y: np.ndarray, mask: np.ndarray, rare_keys: np.ndarray) -> dict:
-    """The evaluation JSON's metric part: micro, thresholds, rare/frequent, auc, ece."""
-    rare = mask & rare_keys[None, :]
-    frequent = mask & ~rare_keys[None, :]
-    return {
-        "micro": prf(probs, y, mask),
-        "thresholds": [{"threshold": t, **prf(probs, y, mask, t)} for t in THRESHOLDS],
-        "rare": prf(probs, y, rare),
-        "frequent": prf(probs, y, frequent),
-        "auc": auc(probs, y, mask),
-        "ece": ece(probs, y, mask),
-    }

@@ -1,20 +1,21 @@
-"""Single-process training: masked-response modelling with early stopping on validation F1.
+"""Single-process training: masked-response modelling, model selection and early stopping on
+validation log loss (a proper scoring rule), learning rate warmed up, then held and halved on
+every epoch without improvement.
 
-``train_epoch`` and ``masked_bce`` are shared with the Ray Train loop (ray_jobs/train.py).
+``train_epoch``, ``make_optimizer``, ``EarlyStopping`` and ``validate`` are shared with the Ray
+Train loop (ray_jobs/train.py).
 """
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import pyarrow as pa
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -26,6 +27,7 @@ from model.data import (
     SourceRows,
     encode_dataset,
     hide_questions,
+    question_parents,
     joined_sources,
     model_config,
     split_users,
@@ -33,7 +35,8 @@ from model.data import (
 )
 from model.encoding import FeatureSpec
 from model.evaluate import HiddenSet, hidden_set, predict, rare_keys
-from model.metrics import prf
+from model.metrics import Layout, decision_f1, log_loss, tune_multi_threshold
+from model.outputs import response_loss
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -42,9 +45,43 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def masked_bce(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    loss = F.binary_cross_entropy_with_logits(logits, y, reduction="none")  # (B, K)
-    return (loss * mask).sum() / mask.sum().clamp_min(1.0)
+def validate(model: nn.Module, hs: HiddenSet, layout: Layout, device="cpu") -> dict:
+    """Validation log loss (the selection criterion), the multi-select threshold tuned on these
+    sessions, and F1 under the question-kind decision rules at that threshold."""
+    probs = predict(model, hs, device=device)
+    threshold = tune_multi_threshold(probs, hs.y, hs.loss_mask, layout)
+    return {"val_loss": log_loss(probs, hs.y, hs.loss_mask, layout),
+            "val_f1": decision_f1(probs, hs.y, hs.loss_mask, layout, threshold)["f1"],
+            "multi_threshold": threshold}
+
+
+@dataclass
+class EarlyStopping:
+    """Keeps the weights of the epoch with the lowest validation loss; stops after ``patience``
+    epochs without improvement (each of which also halves the learning rate)."""
+
+    patience: int
+    best_loss: float = math.inf
+    best_epoch: int = 0
+    best_row: dict | None = None
+    best_state: dict | None = None
+    bad: int = 0
+
+    def update(self, row: dict, model: nn.Module, sched) -> bool:
+        """Record an epoch; returns True when training should stop."""
+        if row["val_loss"] < self.best_loss - 1e-5:
+            self.best_loss, self.best_epoch, self.best_row, self.bad = row["val_loss"], row["epoch"], row, 0
+            self.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            return False
+        self.bad += 1
+        sched.base_lrs = [lr * 0.5 for lr in sched.base_lrs]  # the plateau: a smaller step
+        return self.bad >= self.patience
+
+
+def batch_rows(tc: TrainConfig, n_train: int) -> int:
+    """Rows per optimiser step: ``batch_size``, or fewer so that an epoch has ``min_batches`` steps
+    (at least 16 rows)."""
+    return max(16, min(tc.batch_size, n_train // max(tc.min_batches, 1)))
 
 
 @dataclass
@@ -59,6 +96,9 @@ class Prepared:
     test: HiddenSet
     key_question: np.ndarray
     rare: np.ndarray
+    parent: np.ndarray  # (Q,) the question each is routed on, -1 = none (hidden together)
+    val_idx: np.ndarray | None = None  # dataset rows of the validation / test sessions
+    test_idx: np.ndarray | None = None
 
 
 def prepare(ds: Dataset, tc: TrainConfig, features: FeatureSpec | None = None,
@@ -74,11 +114,11 @@ def prepare(ds: Dataset, tc: TrainConfig, features: FeatureSpec | None = None,
         features = FeatureSpec.fit({name: table.take(pa.array(train_idx[present[train_idx]]))
                                     for name, (table, present) in sources.items()})
     data = encode_dataset(ds, features, sources)
-    key_question = np.asarray(ds.questionnaire.key_question)
-    val = hidden_set(data.take(val_idx), key_question, tc.hide_fraction, tc.eval_seed)
-    test = hidden_set(data.take(test_idx), key_question, tc.hide_fraction, tc.eval_seed + 1)
+    key_question, parent = np.asarray(ds.questionnaire.key_question), question_parents(ds.questionnaire)
+    val = hidden_set(data.take(val_idx), key_question, tc.hide_fraction, tc.eval_seed, parent)
+    test = hidden_set(data.take(test_idx), key_question, tc.hide_fraction, tc.eval_seed + 1, parent)
     return Prepared(ds, features, data, train_idx, val, test, key_question,
-                    rare_keys(data.take(train_idx), ds.questionnaire))
+                    rare_keys(data.take(train_idx), ds.questionnaire), parent, val_idx, test_idx)
 
 
 def length_bucketed_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator,
@@ -95,15 +135,17 @@ def length_bucketed_batches(lengths: np.ndarray, batch_size: int, rng: np.random
 
 
 def train_epoch(model: nn.Module, opt, sched, data: EncodedData, key_question: np.ndarray, tc: TrainConfig,
-                rng: np.random.Generator, device, bar=None) -> float:
+                rng: np.random.Generator, device, bar=None, parent: np.ndarray | None = None) -> float:
     """One pass in random order; returns the mean loss."""
     model.train()
     losses, s = [], data.survey
     for idx in length_bucketed_batches((s.q_idx > 0).sum(1), tc.batch_size, rng):
-        q_in, sel_in, mask = hide_questions(s.q_idx[idx], s.sel[idx], key_question, tc.hide_fraction, rng)
+        q_in, sel_in, mask = hide_questions(s.q_idx[idx], s.sel[idx], key_question, tc.hide_fraction, rng,
+                                           parent)
         batch = to_batch(q_in, sel_in, [src.take(idx) for src in data.sources], device)
         y = torch.as_tensor(s.y[idx], dtype=torch.float32, device=device)
-        loss = masked_bce(model(batch), y, torch.as_tensor(mask, dtype=torch.float32, device=device))
+        loss = response_loss(model(batch), y, torch.as_tensor(mask, dtype=torch.float32, device=device),
+                             model.cfg)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -116,42 +158,43 @@ def train_epoch(model: nn.Module, opt, sched, data: EncodedData, key_question: n
 
 
 def make_optimizer(model: nn.Module, tc: TrainConfig, steps_per_epoch: int):
+    """AdamW; the learning rate warms up linearly over the first epoch (at least 50 steps), then
+    holds — ``EarlyStopping`` halves it on every epoch without improvement."""
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=tc.lr, total_steps=tc.epochs * steps_per_epoch,
-                                                pct_start=0.1)
+    warmup = max(50, steps_per_epoch)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup))
     return opt, sched
 
 
 def fit(prep: Prepared, tc: TrainConfig, progress: bool = True,
         on_epoch: Callable[[int, dict, nn.Module], None] | None = None) -> tuple[nn.Module, dict]:
-    """Train one variant; early-stop on validation F1; return the best model and its history."""
+    """Train one variant; keep the epoch with the lowest validation loss; return it and its history."""
     torch.manual_seed(tc.seed)
     device = resolve_device(tc.device)
     model = build_model(model_config(prep.dataset.questionnaire, prep.features, tc.variant, tc.preset)).to(device)
     train = prep.data.take(prep.train_idx)
+    tc = replace(tc, batch_size=batch_rows(tc, len(train)))
     steps = math.ceil(len(train) / tc.batch_size)
     opt, sched = make_optimizer(model, tc, steps)
     rng = np.random.default_rng(tc.seed)
-    best_f1, best_state, bad, history = -1.0, None, 0, []
+    stop, history, layout = EarlyStopping(tc.patience), [], Layout.of(prep.dataset.questionnaire)
     t0 = time.perf_counter()
     with tqdm(total=tc.epochs * steps, desc=f"train {tc.variant}", disable=not progress, leave=False,
               mininterval=1.0) as bar:
         for epoch in range(tc.epochs):
-            loss = train_epoch(model, opt, sched, train, prep.key_question, tc, rng, device, bar)
-            probs = predict(model, prep.val, device=device)
-            f1 = prf(probs, prep.val.y, prep.val.loss_mask)["f1"]
-            row = {"epoch": epoch + 1, "loss": loss, "val_f1": f1, "elapsed_s": time.perf_counter() - t0}
+            loss = train_epoch(model, opt, sched, train, prep.key_question, tc, rng, device, bar, prep.parent)
+            row = {"epoch": epoch + 1, "loss": loss, **validate(model, prep.val, layout, device),
+                   "elapsed_s": time.perf_counter() - t0}
             history.append(row)
-            bar.set_postfix(loss=f"{loss:.4f}", val_f1=f"{f1:.4f}")
+            bar.set_postfix(loss=f"{loss:.4f}", val_loss=f"{row['val_loss']:.4f}")
             if on_epoch:
                 on_epoch(epoch, row, model)
-            if f1 > best_f1:
-                best_f1, best_state, bad = f1, copy.deepcopy(model.state_dict()), 0
-            else:
-                bad += 1
-                if bad >= tc.patience:
-                    break
-    model.load_state_dict(best_state)
+            if stop.update(row, model, sched):
+                break
+    model.load_state_dict(stop.best_state)
     model.eval()
-    return model, {"config": asdict(tc), "history": history, "best_val_f1": best_f1,
-                   "train_sessions": int(len(train)), "seconds": time.perf_counter() - t0}
+    best = stop.best_row
+    return model, {"config": asdict(tc), "history": history, "best_epoch": best["epoch"],
+                   "best_val_loss": best["val_loss"], "best_val_f1": best["val_f1"],
+                   "multi_threshold": best["multi_threshold"], "train_sessions": int(len(train)),
+                   "seconds": time.perf_counter() - t0}

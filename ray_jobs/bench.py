@@ -85,6 +85,7 @@ def bench_serve(settings, users: int = 3000, rows: int = 4096, rounds: int = 3, 
     from features.bench import historic_store
     from features.lookup import OnlineLookup
     from lantern.dataset.simulate import simulate
+    from model.checkpoint import tuned_threshold
     from ray_jobs.serve import ServeScorer, deploy, feature_store_options
     from streaming.events import sessions_to_events
     from streaming.scoring import BatchScorer, InProcessPredictor, Record
@@ -102,7 +103,7 @@ def bench_serve(settings, users: int = 3000, rows: int = 4096, rounds: int = 3, 
         store, fcfg, _ = historic_store(ds, "sqlite", root / "features", ttl_days=10_000, log=log)
         loaded = reg.load()
         local = BatchScorer(loaded.questionnaire, loaded.features, InProcessPredictor(loaded.model, "v0001"),
-                            OnlineLookup(store))
+                            OnlineLookup(store), tuned_threshold(loaded.meta))
         cfg = replace(settings.serve, registry=root / "registry", min_replicas=1, max_replicas=1, num_cpus=1)
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
         try:

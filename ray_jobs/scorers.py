@@ -8,10 +8,10 @@ from pathlib import Path
 
 
 def local_scorer_factory(model: Path, device_pref: str, features_cfg, use_features: bool,
-                         threshold: float) -> Callable:
+                         threshold: float | None) -> Callable:
     """A picklable builder of the in-process scorer (runs in this process or in a Ray actor)."""
     def make():
-        from model.checkpoint import load_model
+        from model.checkpoint import load_model, tuned_threshold
         from model.train import resolve_device
         from streaming.scoring import BatchScorer, InProcessPredictor
 
@@ -25,7 +25,7 @@ def local_scorer_factory(model: Path, device_pref: str, features_cfg, use_featur
             client = OnlineLookup(open_store(features_cfg))
         version = loaded.meta.get("version", model.name)
         return BatchScorer(loaded.questionnaire, loaded.features, InProcessPredictor(loaded.model, version, device),
-                           client, threshold)
+                           client, tuned_threshold(loaded.meta) if threshold is None else threshold)
     return make
 
 

@@ -26,6 +26,7 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from model.checkpoint import tuned_threshold
 from ray_jobs.config import ServeConfig, config_from_args
 from ray_jobs.registry import Registry
 from streaming.events import MAX_EVENT_BYTES
@@ -52,14 +53,14 @@ def _concat(parts: list[Encoded]) -> tuple:
 @serve.deployment(name="LanternScorer")
 class LanternScorer:
     def __init__(self, registry: str, model_version: str | None = None, device: str = "auto", half: bool = False,
-                 features: dict | None = None, threshold: float = 0.5, threads: int = 1):
+                 features: dict | None = None, threshold: float | None = None, threads: int = 1):
         from model.train import resolve_device
 
         torch.set_num_threads(threads)  # the replica's CPU share (ray_actor_options num_cpus)
         self.registry = Registry(registry)
         self.device = resolve_device(device)
         self.half = half and self.device.type == "cuda"  # never on CPU
-        self.threshold = threshold
+        self.threshold = threshold  # None: each version's own tuned multi-select threshold
         self.features = None
         if features is not None:  # the replica's own online lookup (features.lookup.OnlineLookup)
             from features.config import FeatureStoreConfig
@@ -72,8 +73,9 @@ class LanternScorer:
     def _load(self, version: str | None) -> Served:
         loaded = self.registry.load(version, str(self.device))
         version = loaded.meta.get("version", version)
+        threshold = tuned_threshold(loaded.meta) if self.threshold is None else self.threshold
         return Served(version, loaded.model, BatchScorer(loaded.questionnaire, loaded.features, None, self.features,
-                                                  self.threshold))
+                                                         threshold))
 
     def reconfigure(self, config: dict) -> None:
         """user_config: batching knobs and the model version. In-flight requests keep the version
@@ -158,7 +160,7 @@ async def _read_capped(request: Request, limit: int) -> bytes | None:
 
 
 def build_app(cfg: ServeConfig, model_version: str | None = None, features: dict | None = None,
-              threshold: float = 0.5):
+              threshold: float | None = None):
     """The Serve application for ``cfg``: placement, autoscaling and user_config from settings."""
     version = model_version or cfg.model_version or Registry(cfg.registry).champion()
     deployment = LanternScorer.options(
@@ -182,7 +184,8 @@ def app_builder(args: dict):
     from features.config import FeatureStoreConfig
 
     args = dict(args)
-    features, threshold = args.pop("features", None), float(args.pop("threshold", 0.5))
+    features, threshold = args.pop("features", None), args.pop("threshold", None)
+    threshold = None if threshold is None else float(threshold)
     cfg = config_from_args(ServeConfig, args, "serve")
     if features is not None:
         features = feature_store_options(FeatureStoreConfig(**features))
@@ -190,7 +193,7 @@ def app_builder(args: dict):
 
 
 def deploy(cfg: ServeConfig, model_version: str | None = None, features: dict | None = None,
-           threshold: float = 0.5, http: bool = True):
+           threshold: float | None = None, http: bool = True):
     """Start Serve (HTTP on ``cfg.http_host:http_port``) and run or update the app; returns its handle.
     Re-running with another version is a lightweight update: only user_config changes, replicas
     reconfigure in place."""

@@ -4,9 +4,10 @@
 The driver joins and encodes once (``model.train.prepare``: user split, feature spec fitted on
 training users, hidden val/test tasks) and writes the training rows as parquet (ray_jobs/encoded.py).
 Each worker reads its shard, trains with the single-process loop's own pieces
-(``train_epoch``, ``make_optimizer``, ``predict``) under DDP, with its batch size divided by the
+(``train_epoch``, ``make_optimizer``, ``validate``, ``EarlyStopping``) under DDP, with its batch size divided by the
 number of workers, so an epoch takes as many optimiser steps as single-process training.
-Every epoch rank 0 reports a checkpoint (weights, optimiser, scheduler, early-stopping state);
+Every epoch rank 0 reports a checkpoint (weights, optimiser, scheduler, early-stopping state:
+the epoch with the lowest validation loss);
 ``FailureConfig(max_failures)`` restarts failed workers from it, and rerunning with the same
 run name resumes from it too. Batch order is seeded per (seed, rank, epoch), so a resumed run
 repeats nothing and skips nothing.
@@ -38,9 +39,7 @@ def _train_loop(config: dict) -> None:
     import ray.train.torch
 
     from model.checkpoint import build_model
-    from model.evaluate import predict
-    from model.metrics import prf
-    from model.train import make_optimizer, train_epoch
+    from model.train import EarlyStopping, make_optimizer, train_epoch, validate
     from ray_jobs.encoded import from_table
 
     tc: TrainConfig = config["train"]
@@ -53,7 +52,7 @@ def _train_loop(config: dict) -> None:
     assert len(data) >= rows, (len(data), rows)
     data = data.take(np.arange(rows))  # every worker: the same number of steps (DDP needs it)
     val = ray.get(config["val"])
-    key_question = np.asarray(config["key_question"])
+    key_question, parent = np.asarray(config["key_question"]), np.asarray(config["parent"])
     worker_tc = replace(tc, batch_size=max(1, tc.batch_size // world))
 
     torch.manual_seed(tc.seed)
@@ -62,8 +61,9 @@ def _train_loop(config: dict) -> None:
                                           parallel_strategy_kwargs={"find_unused_parameters": True})
     device = ray.train.torch.get_device()
     core = model.module if hasattr(model, "module") else model
-    opt, sched = make_optimizer(model, worker_tc, math.ceil(rows / worker_tc.batch_size))
-    state = {"epoch": 0, "best_f1": -1.0, "best_state": None, "bad": 0, "history": []}
+    steps = math.ceil(rows / worker_tc.batch_size)
+    opt, sched = make_optimizer(model, worker_tc, steps)
+    state = {"epoch": 0, "stop": EarlyStopping(tc.patience), "history": []}
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:  # a restarted worker group or a rerun: continue where it stopped
         with checkpoint.as_directory() as d:
@@ -77,19 +77,14 @@ def _train_loop(config: dict) -> None:
         _maybe_fail(config, epoch, rank)
         t0 = time.perf_counter()
         rng = np.random.default_rng([tc.seed, rank, epoch])
-        loss = train_epoch(model, opt, sched, data, key_question, worker_tc, rng, device)
-        f1 = prf(predict(core, val, device=device), val.y, val.loss_mask)["f1"]  # the same on every rank
-        row = {"epoch": epoch + 1, "loss": loss, "val_f1": f1, "epoch_s": time.perf_counter() - t0,
-               "samples_per_s": rows * world / (time.perf_counter() - t0)}
+        loss = train_epoch(model, opt, sched, data, key_question, worker_tc, rng, device, parent=parent)
+        row = {"epoch": epoch + 1, "loss": loss, **validate(core, val, config["layout_q"], device),  # same on every rank
+               "epoch_s": time.perf_counter() - t0, "samples_per_s": rows * world / (time.perf_counter() - t0)}
         state["history"].append(row)
-        if f1 > state["best_f1"]:
-            state.update(best_f1=f1, best_state={k: v.detach().cpu().clone() for k, v in core.state_dict().items()},
-                         bad=0)
-        else:
-            state["bad"] += 1
+        done = state["stop"].update(row, core, sched)
         state["epoch"] = epoch + 1
         _report(row, state, core, opt, sched, rank)
-        if state["bad"] >= tc.patience:
+        if done:
             break
 
 
@@ -117,8 +112,12 @@ class RetrainResult:
     model: torch.nn.Module
     prepared: object  # model.train.Prepared
     history: list[dict]
-    best_val_f1: float
+    best: dict  # the selected epoch's row: val_loss, val_f1, multi_threshold
     seconds: float
+
+    @property
+    def best_val_f1(self) -> float:
+        return self.best["val_f1"]
 
 
 def _check_resources(rc: RetrainConfig, log) -> None:
@@ -147,7 +146,8 @@ def retrain(ds, tc: TrainConfig, rc: RetrainConfig, sources=None, log=print, pro
 
     from model.checkpoint import build_model
     from model.data import model_config
-    from model.train import prepare
+    from model.metrics import Layout
+    from model.train import batch_rows, prepare
     from ray_jobs.encoded import shapes, write_encoded
 
     _check_resources(rc, log)
@@ -155,6 +155,7 @@ def retrain(ds, tc: TrainConfig, rc: RetrainConfig, sources=None, log=print, pro
     t0 = time.perf_counter()
     prep = prepare(ds, tc, sources=sources)
     train = prep.data.take(prep.train_idx)
+    tc = replace(tc, batch_size=batch_rows(tc, len(train)))  # the same steps per epoch as one process
     storage = Path(rc.storage).resolve()
     encoded = write_encoded(train, storage / rc.run_name / "encoded" / "train.parquet")
     rows = len(train) // rc.num_workers
@@ -164,6 +165,7 @@ def retrain(ds, tc: TrainConfig, rc: RetrainConfig, sources=None, log=print, pro
         train_loop_config={
             "train": tc, "model_config": cfg, "layout": shapes(train), "n_sources": len(train.sources),
             "rows_per_worker": rows, "val": ray.put(prep.val), "key_question": prep.key_question.tolist(),
+            "parent": prep.parent.tolist(), "layout_q": Layout.of(ds.questionnaire),
             "fail_once_at_epoch": rc.fail_once_at_epoch,
             "fail_marker": str(storage / rc.run_name / "injected-failure") if rc.fail_once_at_epoch is not None else None,
         },
@@ -181,9 +183,9 @@ def retrain(ds, tc: TrainConfig, rc: RetrainConfig, sources=None, log=print, pro
     with result.checkpoint.as_directory() as d:
         saved = torch.load(Path(d) / STATE, map_location="cpu", weights_only=False)
     model = build_model(cfg)
-    model.load_state_dict(saved["best_state"])
+    model.load_state_dict(saved["stop"].best_state)
     model.eval()
-    return RetrainResult(model, prep, saved["history"], saved["best_f1"], time.perf_counter() - t0)
+    return RetrainResult(model, prep, saved["history"], saved["stop"].best_row, time.perf_counter() - t0)
 
 
 class _EpochFeed:
@@ -233,7 +235,7 @@ def _fit_with_progress(trainer, epochs: int, feed: _EpochFeed):
             except Empty:
                 continue
             bar.n = row["epoch"]
-            bar.set_postfix(loss=f"{row['loss']:.4f}", val_f1=f"{row['val_f1']:.4f}")
+            bar.set_postfix(loss=f"{row['loss']:.4f}", val_loss=f"{row['val_loss']:.4f}")
     if "error" in outcome:
         raise outcome["error"]
     return outcome["result"]
@@ -275,14 +277,17 @@ def register_retrained(settings, ds, result: RetrainResult, promote: bool, log=p
     F1, data window, parent) → optionally promoted."""
     from model.checkpoint import save_model
     from model.evaluate import predict
-    from model.metrics import prf
+    from model.metrics import Layout, decision_f1
     from ray_jobs.registry import Registry
 
     rc, prep = settings.retrain, result.prepared
-    test_f1 = prf(predict(result.model, prep.test), prep.test.y, prep.test.loss_mask)["f1"]
+    threshold = result.best["multi_threshold"]
+    test_f1 = decision_f1(predict(result.model, prep.test), prep.test.y, prep.test.loss_mask,
+                          Layout.of(ds.questionnaire), threshold)["f1"]
     window = data_window(ds.sessions)
     path = save_model(Path(rc.storage) / rc.run_name / "model", result.model, prep.features, ds.questionnaire,
                       {"training": {"history": result.history, "best_val_f1": result.best_val_f1,
+                                    "best_val_loss": result.best["val_loss"], "multi_threshold": threshold,
                                     "workers": rc.num_workers}, "data_window": window})
     registry = Registry(settings.serve.registry)
     info = registry.register(path, {"val_f1": result.best_val_f1, "test_f1": test_f1}, window)

@@ -157,16 +157,19 @@ def decode_probabilities(text: str) -> np.ndarray:
 
 
 def score_bytes(event: SessionEvent, probs: np.ndarray, q: Questionnaire, model_version: str, threshold: float,
-                sources_used: list[str], gate_mean: float | None, scored_at: datetime, degraded: bool = False) -> bytes:
+                sources_used: list[str], gate_mean: float | None, scored_at: datetime, degraded: bool = False,
+                predicted: np.ndarray | None = None, abstain_below: float = 0.0) -> bytes:
+    """``predicted``: (K,) bool decisions (``model.metrics.decide``); by default every key at ≥ threshold."""
     assert probs.shape == (q.n_keys,), probs.shape
+    predicted = probs >= threshold if predicted is None else predicted
     return json.dumps({
         "schema_version": SCHEMA_VERSION, "session_id": event.session_id, "user_id": event.user_id,
         "model_version": model_version, "questionnaire_hash": q.content_hash,
         "completed_at": event.completed_at.isoformat().replace("+00:00", "Z"),
         "scored_at": scored_at.astimezone(timezone.utc).isoformat().replace("+00:00", "Z"),
         "probabilities_f32": encode_probabilities(probs),
-        "predicted_keys": [q.response_keys[i] for i in np.flatnonzero(probs >= threshold)],
-        "threshold": threshold, "external_sources_used": sources_used,
+        "predicted_keys": [q.response_keys[i] for i in np.flatnonzero(predicted)],
+        "threshold": threshold, "abstain_below": abstain_below, "external_sources_used": sources_used,
         "gate_mean": gate_mean, "degraded": degraded,
     }, separators=(",", ":")).encode()
 

@@ -25,6 +25,8 @@ from lantern.dataset.questionnaire import Questionnaire
 from lantern.errors import LanternError
 from model.data import EncodedData, encode_sessions, to_batch
 from model.encoding import FeatureSpec, SourceArrays
+from model.metrics import Layout, decide
+from model.outputs import key_probs
 from streaming.events import EventError, SessionEvent, events_to_sessions, parse_event, score_bytes
 
 
@@ -94,7 +96,7 @@ def _forward(model: torch.nn.Module, batch, n: int) -> tuple[np.ndarray, np.ndar
         gate = torch.where(aux["has_external"], gate, torch.full_like(gate, float("nan")))
     else:
         logits, gate = model(batch), torch.full((n,), float("nan"))
-    return torch.sigmoid(logits.float()).cpu().numpy(), gate.float().cpu().numpy()
+    return key_probs(logits, model.cfg).cpu().numpy(), gate.float().cpu().numpy()
 
 
 class InProcessPredictor:
@@ -130,9 +132,12 @@ class BatchScorer:
     def __init__(self, questionnaire: Questionnaire, features_spec: FeatureSpec, predictor: Predictor,
                  feature_client: FeatureClient | None, threshold: float = 0.5,
                  clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
-                 lookup_attempts: int = 3, lookup_backoff_s: float = 0.1):
+                 lookup_attempts: int = 3, lookup_backoff_s: float = 0.1, abstain_below: float = 0.0):
+        """``predicted_keys``: each single-select question's most likely option (none where its
+        probability is below ``abstain_below``), each multi-select option at ≥ ``threshold``."""
         self.q, self.spec, self.predictor = questionnaire, features_spec, predictor
         self.features, self.threshold, self.clock = feature_client, threshold, clock
+        self.layout, self.abstain_below = Layout.of(questionnaire), abstain_below
         self.lookup_attempts, self.lookup_backoff_s = lookup_attempts, lookup_backoff_s
 
     def parse(self, records: list[Record]) -> tuple[list[tuple[Record, SessionEvent]], list[tuple[Record, EventError]]]:
@@ -177,11 +182,13 @@ class BatchScorer:
         """The scores topic's records for an encoded batch and its prediction."""
         out = ScoredBatch(dead=enc.dead, degraded=enc.degraded)
         now = self.clock()
+        predicted = decide(pred.probs, self.layout, self.threshold, self.abstain_below) if enc.events else None
         for i, event in enumerate(enc.events):
             used = [s.name for s, arr in zip(self.spec.sources, enc.data.sources) if arr.present[i]]
             out.scores.append((event.user_id.encode(), score_bytes(
                 event, pred.probs[i], self.q, pred.model_version, self.threshold, used,
-                None if np.isnan(pred.gate[i]) else float(pred.gate[i]), now, degraded=enc.degraded)))
+                None if np.isnan(pred.gate[i]) else float(pred.gate[i]), now, degraded=enc.degraded,
+                predicted=predicted[i], abstain_below=self.abstain_below)))
         return out
 
     def score(self, records: list[Record]) -> ScoredBatch:

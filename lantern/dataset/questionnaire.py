@@ -43,6 +43,13 @@ class Question(_Frozen):
     kind: Literal["single", "multi"]
     options: tuple[Option, ...] = Field(min_length=2)
     condition: Condition | None = None
+    ordinal: bool = False  # single-select whose options, in order, are points on a scale
+
+    @model_validator(mode="after")
+    def _ordinal_is_single(self) -> Question:
+        if self.ordinal and self.kind != "single":
+            raise ValueError(f"question {self.id!r}: only a single-select question can be ordinal")
+        return self
 
     @cached_property
     def option_ids(self) -> frozenset[str]:
@@ -97,9 +104,17 @@ class Questionnaire(_Frozen):
         """For each response key, the index of its question."""
         return tuple(i for i, q in enumerate(self.questions) for _ in q.options)
 
+    def to_json(self) -> dict:
+        """The file form; ``ordinal`` appears only where set (older files and hashes unchanged)."""
+        raw = self.model_dump(mode="json")
+        for q in raw["questions"]:
+            if not q["ordinal"]:
+                del q["ordinal"]
+        return raw
+
     @cached_property
     def content_hash(self) -> str:
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        canonical = json.dumps(self.to_json(), sort_keys=True).encode()
         return hashlib.sha256(canonical).hexdigest()[:16]
 
     @property
@@ -124,4 +139,4 @@ class Questionnaire(_Frozen):
             raise DataValidationError(first["msg"], file=str(path), field=field) from exc
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.model_dump(mode="json"), indent=1))
+        Path(path).write_text(json.dumps(self.to_json(), indent=1))

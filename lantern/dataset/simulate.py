@@ -173,22 +173,40 @@ def _answer(rng: np.random.Generator, item: _Item, lat: _Latents, u: np.ndarray)
     return out
 
 
-def _survey(rng: np.random.Generator, items: list[_Item], lat: _Latents, u: np.ndarray, cfg: SimConfig):
-    """Per item: (presented (S,), selected (S, k)). Presented = routed in, not yet stopped."""
+@dataclass
+class _Unasked:
+    """Per item: the answer every respondent would give (before routing and skips), and whether
+    the survey would have presented it but the respondent had stopped before it (fatigue)."""
+
+    answers: list[np.ndarray]  # (S, k) bool per item
+    stopped: list[np.ndarray]  # (S,) bool per item: routed in (by would-be answers), never reached
+
+
+def _survey(rng: np.random.Generator, items: list[_Item], lat: _Latents, u: np.ndarray, cfg: SimConfig,
+            unasked: _Unasked | None = None):
+    """Per item: (presented (S,), selected (S, k)). Presented = routed in, not yet stopped.
+    ``unasked`` (optional) collects every would-be answer and the items never reached."""
     n = len(u)
     hazard = cfg.fatigue * rng.gamma(2.0, 0.006, n)  # per-question stop probability grows with position
     active = np.ones(n, dtype=bool)
     answers: dict[str, np.ndarray] = {}
+    would: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # item → (routed by would-be answers, answer)
     out = []
     for pos, item in enumerate(items):
         q = item.question
-        routed = np.ones(n, dtype=bool)
+        routed, would_route = np.ones(n, dtype=bool), np.ones(n, dtype=bool)
         if q.condition is not None:
-            parent = answers[q.condition.question_id]
             opts = [int(o[1:]) - 1 for o in q.condition.option_ids]
-            routed = parent[:, opts].any(axis=1)
+            routed = answers[q.condition.question_id][:, opts].any(axis=1)
+            parent_route, parent_answer = would[q.condition.question_id]
+            would_route = parent_route & parent_answer[:, opts].any(axis=1)
         presented = active & routed
-        selected = _answer(rng, item, lat, u) & presented[:, None]
+        full = _answer(rng, item, lat, u)
+        would[q.id] = (would_route, full)
+        if unasked is not None:
+            unasked.answers.append(full)
+            unasked.stopped.append(would_route & ~active)
+        selected = full & presented[:, None]
         skipped = presented & (rng.random(n) < cfg.skip_rate)
         selected[skipped] = False
         answers[q.id] = selected
@@ -302,13 +320,18 @@ def _source_table(rng, user_ids, first_seen, columns, rate, cfg) -> pa.Table:
 
 
 def simulate(cfg: SimConfig) -> Dataset:
+    return _run(cfg)[0]
+
+
+def _run(cfg: SimConfig, unasked: _Unasked | None = None):
+    """The dataset, and what only the simulator knows: items, latents, each session's respondent."""
     rng = np.random.default_rng(cfg.seed)
     items = _items(rng, cfg)
     questionnaire = Questionnaire(version=f"sim-{cfg.seed}", questions=tuple(i.question for i in items))
     lat = _latents(rng, cfg.users)
     repeat = np.flatnonzero(rng.random(cfg.users) < cfg.repeat_rate)
     respondent = np.concatenate([np.arange(cfg.users), repeat])  # user index of every session
-    survey = _survey(rng, items, lat, respondent, cfg)
+    survey = _survey(rng, items, lat, respondent, cfg, unasked)
     user_ids = np.array([f"u{i:06d}" for i in range(cfg.users)])
     first = np.datetime64(cfg.start, "us") + (rng.uniform(0, SPAN_S / 2, cfg.users) * 1e6).astype("timedelta64[us]")
     later = first[repeat] + (rng.uniform(7, 60, len(repeat)) * 86400e6).astype("timedelta64[us]")
@@ -326,4 +349,4 @@ def simulate(cfg: SimConfig) -> Dataset:
         "engagement": _source_table(rng, user_ids, first, _engagement(rng, lat, cfg), 0.15, cfg),
         "transactions": _source_table(rng, user_ids, first, _transactions(rng, lat, cfg), 0.22, cfg),
     }
-    return Dataset(questionnaire, sessions, external)
+    return Dataset(questionnaire, sessions, external), items, lat, respondent

@@ -1,0 +1,121 @@
+"""A held-out quality report, and paired-bootstrap intervals for differences between models.
+
+Every additive metric (log loss, Brier, F1 overall / rare / frequent, single-select accuracy) is
+computed from per-session sums, so a bootstrap replicate is one weighted sum: sessions are
+resampled with replacement and the *same* resample scores both models (paired). Macro AUC is
+not additive; its replicates recompute it per key.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from model.metrics import (
+    THRESHOLDS,
+    Layout,
+    _nll,
+    auc,
+    average_precision,
+    decide,
+    decision_f1,
+    ece,
+    ordinal_mae,
+    per_key,
+    prf,
+)
+
+STATS = ("nll", "units", "sq_err", "entries", "correct", "single_n",
+         "tp", "n_pred", "n_true", "rare_tp", "rare_pred", "rare_true", "freq_tp", "freq_pred", "freq_true")
+BOOTSTRAP_METRICS = ("log_loss", "brier", "f1", "rare_f1", "frequent_f1", "accuracy")
+
+
+def row_stats(probs, y, mask, layout: Layout, threshold: float, rare: np.ndarray) -> np.ndarray:
+    """(N, len(STATS)) per-session sums behind every additive metric."""
+    nll, units = _nll(probs, y, mask, layout)
+    truth = (y > 0) & mask
+    pred = decide(probs, layout, threshold) & mask
+    single_q = truth & layout.single[None, :]  # the chosen option of each hidden single question
+    cols = [nll.sum(1), units.sum(1), np.where(mask, (probs - truth) ** 2, 0).sum(1), mask.sum(1),
+            (pred & single_q).sum(1), single_q.sum(1)]
+    for keys in (np.ones_like(rare), rare, ~rare):
+        p, t = pred & keys[None, :], truth & keys[None, :]
+        cols += [(p & t).sum(1), p.sum(1), t.sum(1)]
+    return np.stack(cols, 1).astype(np.float64)
+
+
+def _f1(tp, n_pred, n_true):
+    precision, recall = tp / np.maximum(n_pred, 1), tp / np.maximum(n_true, 1)
+    return np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
+
+
+def from_sums(s: np.ndarray) -> dict[str, np.ndarray]:
+    """Additive metrics from column sums (last axis = STATS); works on a stack of replicates."""
+    c = {name: s[..., i] for i, name in enumerate(STATS)}
+    return {
+        "log_loss": c["nll"] / np.maximum(c["units"], 1),
+        "brier": c["sq_err"] / np.maximum(c["entries"], 1),
+        "f1": _f1(c["tp"], c["n_pred"], c["n_true"]),
+        "rare_f1": _f1(c["rare_tp"], c["rare_pred"], c["rare_true"]),
+        "frequent_f1": _f1(c["freq_tp"], c["freq_pred"], c["freq_true"]),
+        "accuracy": c["correct"] / np.maximum(c["single_n"], 1),
+    }
+
+
+def macro(metric, probs, y, mask) -> float:
+    values = per_key(metric, probs, y, mask)
+    return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+
+
+def quality_report(probs, y, mask, rare, layout: Layout, threshold: float) -> dict:
+    """Every metric of one model on one hidden set; ``threshold`` is the multi-select threshold
+    tuned on validation data."""
+    rare_mask, freq_mask = mask & rare[None, :], mask & ~rare[None, :]
+    sums = from_sums(row_stats(probs, y, mask, layout, threshold, rare).sum(0))
+    return {
+        **{k: float(v) for k, v in sums.items()},
+        "multi_threshold": threshold,
+        "auc_macro": macro(auc, probs, y, mask),
+        "ap_macro": macro(average_precision, probs, y, mask),
+        "auc_micro": auc(probs, y, mask),
+        "ece": ece(probs, y, mask),
+        "ordinal_mae": ordinal_mae(probs, y, mask, layout),
+        "micro": decision_f1(probs, y, mask, layout, threshold),
+        "rare": decision_f1(probs, y, rare_mask, layout, threshold),
+        "frequent": decision_f1(probs, y, freq_mask, layout, threshold),
+        "rare_log_loss": float(_nll_mean(probs, y, rare_mask, layout)),
+        "at_0.5": prf(probs, y, mask, 0.5),
+        "thresholds": [{"threshold": t, **prf(probs, y, mask, t)} for t in THRESHOLDS],
+    }
+
+
+def _nll_mean(probs, y, mask, layout) -> float:
+    nll, units = _nll(probs, y, mask, layout)
+    return nll.sum() / max(units.sum(), 1)
+
+
+def resamples(n: int, reps: int, seed: int) -> np.ndarray:
+    """(reps, n) how often each session is drawn in each bootstrap replicate."""
+    rng = np.random.default_rng(seed)
+    return np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(reps)]).astype(np.float64)
+
+
+def paired_difference(stats_a: np.ndarray, stats_b: np.ndarray, weights: np.ndarray) -> dict:
+    """a − b for every additive metric: the point estimate and the 95 % percentile interval."""
+    point = {k: v - from_sums(stats_b.sum(0))[k] for k, v in from_sums(stats_a.sum(0)).items()}
+    reps_a, reps_b = from_sums(weights @ stats_a), from_sums(weights @ stats_b)
+    return {k: _interval(float(point[k]), reps_a[k] - reps_b[k]) for k in BOOTSTRAP_METRICS}
+
+
+def paired_macro_auc(probs_a, probs_b, y, mask, weights: np.ndarray) -> dict:
+    """a − b in macro AUC with a paired-bootstrap 95 % interval (replicates resample sessions)."""
+    point = macro(auc, probs_a, y, mask) - macro(auc, probs_b, y, mask)
+    diffs = []
+    for w in weights:
+        idx = np.repeat(np.arange(len(w)), w.astype(np.int64))
+        diffs.append(macro(auc, probs_a[idx], y[idx], mask[idx]) - macro(auc, probs_b[idx], y[idx], mask[idx]))
+    return _interval(point, np.asarray(diffs))
+
+
+def _interval(point: float, reps: np.ndarray) -> dict:
+    lo, hi = np.nanquantile(reps, [0.025, 0.975])
+    return {"diff": point, "lo": float(lo), "hi": float(hi), "excludes_0": bool(lo > 0 or hi < 0)}
