@@ -80,7 +80,7 @@ def train(
     training_set: Annotated[Optional[Path], typer.Option(
         help="Training-set parquet from `lantern features training-set` (else joined from --data).")] = None,
 ):
-    """Train one variant (single process) with early stopping on validation F1."""
+    """Train one variant (single process), keeping the epoch with the lowest validation log loss."""
     from lantern.dataset.io import load_dataset
     from model.checkpoint import save_model
     from model.train import fit, prepare
@@ -100,7 +100,9 @@ def train(
     model, history = fit(prep, s.train)
     path = save_model(s.paths.models / f"{s.train.variant}-{s.train.preset}", model, prep.features,
                       ds.questionnaire, {"training": history, "data": str(s.paths.data)})
-    out.print(f"best validation F1 {history['best_val_f1']:.4f} after {len(history['history'])} epochs "
+    out.print(f"best validation log loss {history['best_val_loss']:.4f} (F1 {history['best_val_f1']:.4f}, "
+              f"multi-select threshold {history['multi_threshold']:.3f}) at epoch {history['best_epoch']} of "
+              f"{len(history['history'])} "
               f"({history['seconds']:.0f} s); model saved to {path}")
 
 
@@ -114,7 +116,7 @@ def evaluate(
     """Evaluate a model on the held-out users' hidden questions."""
 
     from lantern.dataset.io import load_dataset
-    from model.checkpoint import load_model
+    from model.checkpoint import load_model, tuned_threshold
     from model.evaluate import evaluate as run
     from model.train import TrainConfig, prepare
 
@@ -125,14 +127,16 @@ def evaluate(
         raise LanternError(f"{model} was trained on another questionnaire than {s.paths.data}'s")
     tc = TrainConfig(**loaded.meta["training"]["config"])
     prep = prepare(ds, tc, features=loaded.features)
-    report = run(loaded.model, prep.test, ds.questionnaire, prep.rare, [x.name for x in loaded.features.sources])
+    report = run(loaded.model, prep.test, ds.questionnaire, prep.rare, [x.name for x in loaded.features.sources],
+                 multi_threshold=tuned_threshold(loaded.meta))
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(report, indent=1, default=float))
     m = report["micro"]
-    out.print(f"{report['variant']}: F1 {m['f1']:.4f} (P {m['precision']:.4f}, R {m['recall']:.4f}), "
-              f"rare F1 {report['rare']['f1']:.4f}, frequent F1 {report['frequent']['f1']:.4f}, "
-              f"AUC {report['auc']:.4f}, ECE {report['ece']:.4f}" + (f"; report in {json_out}" if json_out else ""))
+    out.print(f"{report['variant']}: log loss {report['log_loss']:.4f}, F1 {m['f1']:.4f} (P {m['precision']:.4f}, "
+              f"R {m['recall']:.4f}), rare F1 {report['rare']['f1']:.4f}, frequent F1 {report['frequent']['f1']:.4f}, "
+              f"AUC (macro) {report['auc_macro']:.4f}, ECE {report['ece']:.4f}"
+              + (f"; report in {json_out}" if json_out else ""))
 
 
 @bench_app.command("quality")

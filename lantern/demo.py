@@ -95,10 +95,12 @@ def run_demo(settings: LanternSettings, bootstrap: str | None) -> dict:
         streamed = _stream(s, kafka, ds, store)
 
         steps("quality ablation")
+        from lantern.dataset.oracle import simulate_truth
         from model.ablation import ABLATION, ablate
 
         _stop_ray()  # frees the CPUs for the single-process fits
-        ablation = ablate(result.prepared, ds, s.train, ABLATION, trained={"lantern": trained}, log=console.print)
+        ablation = ablate(result.prepared, ds, s.train, ABLATION, trained={"lantern": trained}, log=console.print,
+                          truth=simulate_truth(s.simulate))
 
         steps.done()
         console.rule("report")
@@ -170,8 +172,9 @@ def _train(s: LanternSettings, ds, store):
     console.print(f"Feast point-in-time training set: {ds.sessions.num_rows} sessions in {time.perf_counter() - t:.0f} s")
     result = retrain(ds, s.train, s.retrain, sources=sources, log=console.print, progress=True)
     register_retrained(s, ds, result, promote=True, log=console.print)
-    history = {"history": result.history, "best_val_f1": result.best_val_f1, "seconds": result.seconds,
-               "trainer": f"Ray Train, {s.retrain.num_workers} workers"}
+    history = {"history": result.history, "best_val_f1": result.best_val_f1,
+               "best_val_loss": result.best["val_loss"], "multi_threshold": result.best["multi_threshold"],
+               "seconds": result.seconds, "trainer": f"Ray Train, {s.retrain.num_workers} workers"}
     return (result.model, history), result
 
 
@@ -205,7 +208,8 @@ def _summary(s, broker, ds, result, streamed, ablation, step_seconds, total_s) -
         "broker": broker.kind, "users": s.simulate.users, "sessions": ds.sessions.num_rows,
         "response_keys": ds.questionnaire.n_keys,
         "training": {"trainer": f"Ray Train, {s.retrain.num_workers} workers", "epochs": len(result.history),
-                     "best_val_f1": result.best_val_f1, "seconds": result.seconds},
+                     "best_val_f1": result.best_val_f1, "best_val_loss": result.best["val_loss"],
+                     "seconds": result.seconds},
         "stream": streamed.summary(), "replay_rate_per_s": s.demo.rate,
         "steps_s": step_seconds, "total_s": total_s,
         "ablation_epochs": s.train.epochs,

@@ -4,7 +4,10 @@ one split; paired-bootstrap 95 % intervals for LANTERN against each of them."""
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -17,7 +20,9 @@ from model.evaluate import HiddenSet, evaluate, frequency_probs, predict
 from model.lantern import VARIANTS
 from model.metrics import Layout, tune_multi_threshold
 from model.quality import paired_difference, paired_macro_auc, quality_report, resamples, row_stats
-from model.train import Prepared, TrainConfig, fit, prepare
+from model.checkpoint import build_model
+from model.data import model_config
+from model.train import Prepared, TrainConfig, fit, prepare, resolve_device
 
 ABLATION = VARIANTS + ("logistic",)
 REFERENCE, ORACLE = "answer_rates", "oracle"
@@ -26,9 +31,9 @@ BOOTSTRAP_REPS, AUC_REPS = 1000, 100
 
 
 def run_ablation(ds: Dataset, tc: TrainConfig, variants=ABLATION, progress: bool = True, log=print,
-                 truth=None) -> dict:
+                 truth=None, workers: int | None = None) -> dict:
     t0 = time.perf_counter()
-    result = ablate(prepare(ds, tc), ds, tc, variants, progress=progress, log=log, truth=truth)
+    result = ablate(prepare(ds, tc), ds, tc, variants, progress=progress, log=log, truth=truth, workers=workers)
     result["seconds"] = time.perf_counter() - t0
     return result
 
@@ -60,13 +65,46 @@ class _Scored:
         return quality_report(probs, self.hs.y, self.hs.loss_mask, prep.rare, layout, threshold)
 
 
+def _one_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _fit_weights(prep: Prepared, tc: TrainConfig) -> tuple[dict, dict]:
+    model, history = fit(prep, tc, progress=False)
+    return {k: v.cpu() for k, v in model.state_dict().items()}, history
+
+
+def fit_variants(prep: Prepared, tc: TrainConfig, variants, workers: int | None = None, progress: bool = True) -> dict:
+    """variant → (model, history). On a CPU, ``workers`` variants train at once in their own
+    processes with one thread each (small models use two cores better that way than with two
+    threads in one fit); on a GPU, or with one worker, one after another here."""
+    workers = workers or min(2, os.cpu_count() or 1)
+    if workers <= 1 or len(variants) <= 1 or resolve_device(tc.device).type != "cpu":
+        return {v: fit(prep, replace(tc, variant=v), progress=progress) for v in variants}
+    slow_first = sorted(variants, key=lambda v: ("early_fusion", "external_only", "lantern", "survey_only").index(v)
+                        if v in VARIANTS else 9)
+    out = {}
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_one_thread) as pool:
+        jobs = {v: pool.submit(_fit_weights, prep, replace(tc, variant=v)) for v in slow_first}
+        for v in variants:
+            weights, history = jobs[v].result()
+            model = build_model(model_config(prep.dataset.questionnaire, prep.features, v, tc.preset))
+            model.load_state_dict(weights)
+            out[v] = (model.eval(), history)
+    return out
+
+
 def ablate(prep: Prepared, ds: Dataset, tc: TrainConfig, variants=ABLATION, trained: dict | None = None,
-           progress: bool = True, log=print, truth=None) -> dict:
+           progress: bool = True, log=print, truth=None, workers: int | None = None) -> dict:
     """Every variant on one prepared split. ``trained``: variant → (model, training history) already
-    fitted on this split elsewhere (e.g. by Ray Train); only the others are fitted here. ``truth``
-    (simulated data): the Bayes oracle as a row, and the never-presented questions as a second task."""
+    fitted on this split elsewhere (e.g. by Ray Train); the others are fitted here (``workers`` at a
+    time). ``truth`` (simulated data): the Bayes oracle as a row, and the never-presented questions
+    as a second task."""
     t0 = time.perf_counter()
     names, layout, trained = [s.name for s in prep.features.sources], Layout.of(ds.questionnaire), trained or {}
+    trained = {**fit_variants(prep, tc, [v for v in variants if v not in trained], workers, progress), **trained}
     tasks = {"hidden": _Scored(prep.test)}
     if truth is not None:
         tasks["never_presented"] = _Scored(never_presented(prep, truth))
@@ -76,10 +114,7 @@ def ablate(prep: Prepared, ds: Dataset, tc: TrainConfig, variants=ABLATION, trai
         report = task.add(REFERENCE, np.broadcast_to(ref_row, task.hs.y.shape), ref_threshold, prep, layout)
         _store(results[REFERENCE], task_name, report)
     for variant in variants:
-        if variant in trained:
-            model, history = trained[variant]
-        else:
-            model, history = fit(prep, replace(tc, variant=variant), progress=progress)
+        model, history = trained[variant]
         threshold = history.get("multi_threshold", 0.5)
         report = evaluate(model, prep.test, ds.questionnaire, prep.rare, names, multi_threshold=threshold,
                           probs_out=tasks["hidden"].probs)

@@ -1,7 +1,8 @@
 """Pure functions from data-contract tables to the model's input arrays.
 
 Survey side: one token per presented question — ``q_idx`` (question index + 1, 0 = padding)
-and ``sel`` (selected response-key indices + 1, 0 = none) — plus ``y``, the multi-hot answers.
+and ``sel`` (selected response-key indices + 1; 0 = nothing, i.e. skipped; ``n_keys + 1 + q`` =
+multi-select question q answered "none of these") — plus ``y``, the multi-hot answers.
 
 External side: a :class:`SourceSpec` per source, fitted on training data, turns that source's
 columns into numeric / categorical / sequence arrays and a presence mask. The same spec shapes
@@ -31,7 +32,7 @@ MAX_SEQ_LEN = 24
 @dataclass
 class SurveyArrays:
     q_idx: np.ndarray  # (N, T) int16, question index + 1, 0 = padding
-    sel: np.ndarray  # (N, T, M) int16, response-key index + 1, 0 = none
+    sel: np.ndarray  # (N, T, M) int16, response-key index + 1, 0 = nothing; n_keys + 1 + q: "none of these"
     y: np.ndarray  # (N, K) uint8 multi-hot answers
 
     def __len__(self) -> int:
@@ -52,8 +53,11 @@ def encode_surveys(q: Questionnaire, answers: pa.Array | pa.ChunkedArray) -> Sur
     q_index = pc.index_in(qids, value_set=pa.array([x.id for x in q.questions])).to_numpy(zero_copy_only=False)
     q_idx = np.zeros((n, n_q), dtype=np.int16)
     q_idx[token_row, token_pos] = q_index + 1
-
     opts = tokens.field("option_ids")
+    multi = np.array([x.kind == "multi" for x in q.questions])
+    none = (multi[q_index] & opts.is_valid().to_numpy(zero_copy_only=False)
+            & (pc.fill_null(pc.list_value_length(opts), 0).to_numpy(zero_copy_only=False) == 0))
+
     opt_offsets = opts.offsets.to_numpy()
     opt_token = np.repeat(np.arange(len(tokens)), np.diff(opt_offsets))
     opt_pos = np.arange(len(opt_token)) - opt_offsets[opt_token]
@@ -61,6 +65,7 @@ def encode_surveys(q: Questionnaire, answers: pa.Array | pa.ChunkedArray) -> Sur
     key_index = pc.index_in(keys, value_set=pa.array(q.response_keys)).to_numpy(zero_copy_only=False)
     sel = np.zeros((n, n_q, max_opts), dtype=np.int16)
     sel[token_row[opt_token], token_pos[opt_token], opt_pos] = key_index + 1
+    sel[token_row[none], token_pos[none], 0] = q.n_keys + 1 + q_index[none]  # answered: none of these
     y = np.zeros((n, q.n_keys), dtype=np.uint8)
     y[token_row[opt_token], key_index] = 1
     return SurveyArrays(q_idx, sel, y)

@@ -85,7 +85,7 @@ class Diagnostics:
         sel = batch.sel[:, : gate.shape[1]]  # (B, T, M)
         has = aux["has_external"]
         tok_gate = gate[..., None].expand_as(sel)
-        picked = (sel > 0) & mask[..., None] & has[:, None, None]
+        picked = (sel > 0) & (sel <= self.q.n_keys) & mask[..., None] & has[:, None, None]  # options, not "none"
         self.key_gate.append((sel[picked].cpu().numpy() - 1, tok_gate[picked].float().cpu().numpy()))
         m = mask.float()
         has_tokens = has & (m.sum(1) > 0)

@@ -79,6 +79,12 @@ class Batch:
     sources: list[SourceBatch]
 
 
+def n_inputs(cfg: LanternConfig) -> int:
+    """Selection indices: padding, the response keys, and (with the question-kind layout) one
+    "answered: none of these" per question; models saved before it know only the keys."""
+    return cfg.n_keys + 1 + (cfg.n_questions if cfg.key_question else 0)
+
+
 def _attendable(mask: torch.Tensor) -> torch.Tensor:
     """Rows with no valid key attend everywhere (finite garbage, masked out by the caller)."""
     return mask | ~mask.any(-1, keepdim=True)
@@ -130,7 +136,8 @@ class SurveyTokens(nn.Module):
         super().__init__()
         d = cfg.d_model
         self.q_emb = nn.Embedding(cfg.n_questions + 1, d, padding_idx=0)
-        self.key_emb = nn.EmbeddingBag(cfg.n_keys + 1, d, mode="sum", padding_idx=0)  # Σ selected options
+        # Σ selected options; after the keys, one "none of these" per question (model.encoding)
+        self.key_emb = nn.EmbeddingBag(n_inputs(cfg), d, mode="sum", padding_idx=0)
         self.skip = nn.Parameter(torch.randn(d) * 0.02)  # presented but unanswered
         self.cls = nn.Parameter(torch.randn(d) * 0.02)
 
@@ -250,7 +257,8 @@ class Lantern(nn.Module):
         (``aux_attention=False``: no attention weights, so the fused attention kernel runs)."""
         variant, aux = self.cfg.variant, {}
         q_idx = torch.zeros_like(batch.q_idx) if variant == "external_only" else batch.q_idx
-        x, mask_s = self.survey_tokens(q_idx, batch.sel * (q_idx > 0)[..., None])  # (B, 1+T, D)
+        sel = batch.sel * ((q_idx > 0)[..., None] & (batch.sel < n_inputs(self.cfg)))  # (B, T, M)
+        x, mask_s = self.survey_tokens(q_idx, sel)  # (B, 1+T, D)
         if variant == "early_fusion":
             toks = [tok(s) for tok, s in zip(self.source_tokens, batch.sources)]
             x = torch.cat([x] + [t for t, _ in toks], 1)
@@ -275,8 +283,7 @@ class Lantern(nn.Module):
         h = self.ln_out(self.drop(h))
         logits = self.head(_pool(h, mask_s))  # (B, K)
         if self.cfg.wide:
-            logits = logits + self.wide(q_idx, batch.sel * (q_idx > 0)[..., None], batch.sources,
-                                        use_external=not survey_only_path)
+            logits = logits + self.wide(q_idx, sel, batch.sources, use_external=not survey_only_path)
         return (logits, aux) if return_aux else logits
 
 

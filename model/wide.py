@@ -1,7 +1,8 @@
 """The flat (logistic-regression) view of a batch: what a one-vs-rest logistic model reads, and the
 wide path a neural variant adds to its logits.
 
-    survey:   answered keys (K) + presented questions (Q) + bias        → Linear with bias
+    survey:   answered keys (K) + "none of these" per question (Q) + presented questions (Q)
+                                                                         → Linear with bias
     external: per source [numerics, missing flags, presence, one-hot categoricals,
               bag of sequence categories, mean sequence values, log length] × present
                                                                          → Linear without bias
@@ -19,7 +20,7 @@ from torch import nn
 
 
 def survey_width(cfg) -> int:
-    return cfg.n_keys + cfg.n_questions
+    return cfg.n_keys + 2 * cfg.n_questions
 
 
 def external_width(cfg) -> int:
@@ -31,9 +32,10 @@ def external_width(cfg) -> int:
 
 
 def survey_features(cfg, q_idx: torch.Tensor, sel: torch.Tensor) -> torch.Tensor:
-    """(B, T) question indices + (B, T, M) selections → (B, K + Q) answered keys, presented questions."""
+    """(B, T) question indices + (B, T, M) selections → (B, K + 2Q): answered keys, "none of these"
+    answers, presented questions."""
     B = q_idx.shape[0]
-    answered = torch.zeros(B, cfg.n_keys + 1, device=q_idx.device)
+    answered = torch.zeros(B, cfg.n_keys + cfg.n_questions + 1, device=q_idx.device)
     answered.scatter_(1, sel.reshape(B, -1), 1.0)
     presented = torch.zeros(B, cfg.n_questions + 1, device=q_idx.device)
     presented.scatter_(1, q_idx, 1.0)

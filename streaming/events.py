@@ -36,7 +36,7 @@ class SessionEvent:
     session_id: str
     user_id: str
     completed_at: datetime  # timezone-aware UTC
-    answers: tuple[tuple[str, tuple[str, ...]], ...]
+    answers: tuple[tuple[str, tuple[str, ...] | None], ...]  # None: presented, skipped
 
 
 @dataclass(frozen=True)
@@ -92,12 +92,15 @@ def parse_event(raw: bytes, q: Questionnaire, max_bytes: int = MAX_EVENT_BYTES) 
         if not isinstance(qid, str):
             return _wrong(f"answers[{i}].question_id", "a string", qid)
         options = a.get("option_ids")
+        if options is None:  # presented, skipped ([] on a multi-select: answered, none chosen)
+            parsed.append((qid, None))
+            continue
         if not isinstance(options, list) or not all(map(_is_str, options)):
-            return _wrong(f"answers[{i}].option_ids", "a list of strings", options)
+            return _wrong(f"answers[{i}].option_ids", "a list of strings or null", options)
         parsed.append((qid, tuple(options)))
     if not any(options for _, options in parsed):
         return EventError("empty_answers", "the session answers no question", "answers")
-    problem = answers_problem(q, parsed)
+    problem = answers_problem(q, ((qid, options or ()) for qid, options in parsed))
     if problem:
         return EventError(problem.kind, problem.reason, problem.field)
     return SessionEvent(body["session_id"], body["user_id"], completed.astimezone(timezone.utc), tuple(parsed))
@@ -108,7 +111,8 @@ def event_bytes(session_id: str, user_id: str, completed_at: datetime, answers) 
     return json.dumps({
         "schema_version": SCHEMA_VERSION, "event_id": session_id, "session_id": session_id, "user_id": user_id,
         "completed_at": completed_at.astimezone(timezone.utc).isoformat().replace("+00:00", "Z"),
-        "answers": [{"question_id": a["question_id"], "option_ids": list(a["option_ids"] or [])} for a in answers],
+        "answers": [{"question_id": a["question_id"],
+                     "option_ids": None if a["option_ids"] is None else list(a["option_ids"])} for a in answers],
     }, separators=(",", ":")).encode()
 
 
@@ -130,14 +134,17 @@ def events_to_sessions(events: list[SessionEvent]) -> pa.Table:
     per answer for Arrow to convert (the encode stage 5.5x faster, docs/performance.md)."""
     qids: list[str] = []
     options: list[str] = []
+    skipped: list[bool] = []  # option_ids null: presented, skipped
     answer_ends, option_ends = [0], [0]
     for event in events:
         for qid, opts in event.answers:
             qids.append(qid)
-            options.extend(opts)
+            skipped.append(opts is None)
+            options.extend(opts or ())
             option_ends.append(len(options))
         answer_ends.append(len(qids))
-    option_lists = pa.ListArray.from_arrays(pa.array(option_ends, pa.int32()), pa.array(options, pa.string()))
+    option_lists = pa.ListArray.from_arrays(pa.array(option_ends, pa.int32()), pa.array(options, pa.string()),
+                                            mask=pa.array(skipped, pa.bool_()) if any(skipped) else None)
     answers = pa.StructArray.from_arrays([pa.array(qids, pa.string()), option_lists], fields=list(schema.ANSWER))
     return pa.table({
         "session_id": [e.session_id for e in events],

@@ -143,13 +143,13 @@ def _completion_times(frame: pd.DataFrame, spec: ImportSpec, rng: np.random.Gene
 
 
 def _answers(codes: dict[str, pd.Series], administered: np.ndarray) -> pa.Array:
-    """``list<struct<question_id, option_ids>>``: administered items in order, empty = skipped."""
+    """``list<struct<question_id, option_ids>>``: administered items in order, null = skipped."""
     items = list(codes)
     values = np.stack([codes[i].to_numpy(dtype="float64", na_value=np.nan) for i in items], 1)  # (N, I)
     rows = []
     for r in range(len(values)):
-        rows.append([{"question_id": items[j],
-                      "option_ids": [] if np.isnan(values[r, j]) else [str(int(values[r, j]))]}
+        rows.append([{"question_id": items[j],  # a blank cell: presented, skipped (null)
+                      "option_ids": None if np.isnan(values[r, j]) else [str(int(values[r, j]))]}
                      for j in np.flatnonzero(administered[r])])
     return pa.array(rows, pa.list_(pa.struct(list(schema.ANSWER))))
 

@@ -1,8 +1,8 @@
 """What only the simulator knows, for evaluation: the Bayes oracle and the never-presented answers.
 
 * ``oracle`` (S, K): every session's true probability of every option given the respondent's
-  latent traits — the ceiling no model can beat on average. Multi-select options are conditioned
-  on the question being answered with at least one option (an empty multi-select is not scored).
+  latent traits — the ceiling no model can beat on average (a multi-select answered "none of
+  these" is an answer too: each option's probability is its own).
 * ``unasked`` (S, Q): questions the survey would have presented (routing by the respondent's
   would-be answers) but the respondent had stopped before (fatigue); ``unasked_answers`` (S, K)
   their would-be answers: the paper's "questions never asked", scored as their own row.
@@ -66,11 +66,6 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1 / (1 + np.exp(-z))
 
 
-def _given_answered(p: np.ndarray) -> np.ndarray:
-    """Multi-select: P(option chosen | at least one chosen)."""
-    return p / np.clip(1 - np.prod(1 - p, axis=1, keepdims=True), 1e-12, None)
-
-
 def answer_probs(item: _Item, lat: _Latents, u: np.ndarray) -> np.ndarray:
     """The true answer distribution of ``item`` for respondents ``u``: (S, k), mirroring
     ``simulate._answer`` rule by rule."""
@@ -80,7 +75,7 @@ def answer_probs(item: _Item, lat: _Latents, u: np.ndarray) -> np.ndarray:
     if item.rule == "categorical":
         return _softmax(core @ item.loading)
     if item.rule == "multi":
-        return _given_answered(_sigmoid(core @ item.loading - 0.8))
+        return _sigmoid(core @ item.loading - 0.8)
     if item.rule == "gate":
         low = _binned(lat.propensity[u, d], 0.25, [-0.3, 0.4, 1.0])
         low = np.concatenate([low[:, :2], low[:, 2:].sum(1, keepdims=True), np.zeros((len(u), 1))], 1)
@@ -90,7 +85,7 @@ def answer_probs(item: _Item, lat: _Latents, u: np.ndarray) -> np.ndarray:
     if item.rule == "spend":
         return _binned(lat.intensity[u, d], 0.5, [-1.0, -0.3, 0.3, 1.0])
     if item.rule == "activities":
-        return _given_answered(_sigmoid(item.loading[lat.subtype[u, d]] + 0.8 * lat.intensity[u, d, None] - 1.0))
+        return _sigmoid(item.loading[lat.subtype[u, d]] + 0.8 * lat.intensity[u, d, None] - 1.0)
     return _softmax(item.loading[lat.subtype[u, d]] + lat.intensity[u, d, None])  # nested
 
 
@@ -100,8 +95,4 @@ def simulate_truth(cfg: SimConfig) -> Truth:
     _, items, lat, respondent = _run(cfg, unasked)
     oracle = np.concatenate([answer_probs(item, lat, respondent) for item in items], 1).astype(np.float32)
     answers = np.concatenate(unasked.answers, 1).astype(np.uint8)
-    stopped = np.stack(unasked.stopped, 1)
-    multi = np.array([i.question.kind == "multi" for i in items])
-    nonempty = np.stack([a.any(1) for a in unasked.answers], 1)  # an empty multi-select is never scored
-    stopped &= nonempty | ~multi[None, :]
-    return Truth(oracle, stopped, answers)
+    return Truth(oracle, np.stack(unasked.stopped, 1), answers)

@@ -184,7 +184,8 @@ class _Unasked:
 
 def _survey(rng: np.random.Generator, items: list[_Item], lat: _Latents, u: np.ndarray, cfg: SimConfig,
             unasked: _Unasked | None = None):
-    """Per item: (presented (S,), selected (S, k)). Presented = routed in, not yet stopped.
+    """Per item: (presented (S,), selected (S, k), skipped (S,)). Presented = routed in, not yet
+    stopped; a multi-select presented, not skipped and with nothing selected was answered "none".
     ``unasked`` (optional) collects every would-be answer and the items never reached."""
     n = len(u)
     hazard = cfg.fatigue * rng.gamma(2.0, 0.006, n)  # per-question stop probability grows with position
@@ -210,7 +211,7 @@ def _survey(rng: np.random.Generator, items: list[_Item], lat: _Latents, u: np.n
         skipped = presented & (rng.random(n) < cfg.skip_rate)
         selected[skipped] = False
         answers[q.id] = selected
-        out.append((presented, selected))
+        out.append((presented, selected, skipped))
         if pos >= 8:
             active &= rng.random(n) >= hazard * (1 + pos / 15)
     return out
@@ -219,18 +220,19 @@ def _survey(rng: np.random.Generator, items: list[_Item], lat: _Latents, u: np.n
 def _answers_column(questions: list[Question], survey) -> pa.Array:
     """Build ``list<struct<question_id, option_ids>>`` from per-question boolean matrices."""
     n = len(survey[0][0])
-    pair_user, pair_q, sel_pair_user, sel_pair_q, sel_opt = [], [], [], [], []
-    for qi, (presented, selected) in enumerate(survey):
+    pair_user, pair_q, pair_skip, sel_pair_user, sel_pair_q, sel_opt = [], [], [], [], [], []
+    for qi, (presented, selected, skipped) in enumerate(survey):
         users = np.flatnonzero(presented)
         pair_user.append(users)
         pair_q.append(np.full(len(users), qi))
+        pair_skip.append(skipped[users])
         su, so = np.nonzero(selected)
         sel_pair_user.append(su)
         sel_pair_q.append(np.full(len(su), qi))
         sel_opt.append(so)
-    pu, pq_ = np.concatenate(pair_user), np.concatenate(pair_q)
+    pu, pq_, skip = np.concatenate(pair_user), np.concatenate(pair_q), np.concatenate(pair_skip)
     order = np.lexsort((pq_, pu))
-    pu, pq_ = pu[order], pq_[order]
+    pu, pq_, skip = pu[order], pq_[order], skip[order]
     su, sq, so = map(np.concatenate, (sel_pair_user, sel_pair_q, sel_opt))
     sorder = np.lexsort((so, sq, su))
     su, sq, so = su[sorder], sq[sorder], so[sorder]
@@ -239,7 +241,8 @@ def _answers_column(questions: list[Question], survey) -> pa.Array:
     opt_offsets = np.searchsorted(sel_code, pair_code, side="left").tolist() + [len(sel_code)]
     max_opts = max(len(q.options) for q in questions)
     opt_names = pa.array([f"o{i + 1}" for i in range(max_opts)])
-    option_ids = pa.ListArray.from_arrays(pa.array(opt_offsets, pa.int32()), opt_names.take(pa.array(so)))
+    option_ids = pa.ListArray.from_arrays(pa.array(opt_offsets, pa.int32()), opt_names.take(pa.array(so)),
+                                          mask=pa.array(skip))  # null: presented, skipped
     qids = pa.array([q.id for q in questions]).take(pa.array(pq_))
     struct = pa.StructArray.from_arrays([qids, option_ids], fields=list(schema.ANSWER))
     user_offsets = np.searchsorted(pu, np.arange(n + 1), side="left")

@@ -58,4 +58,4 @@ def test_simulate_train_evaluate_with_config_file_and_env_overrides(monkeypatch,
                      "--json", report)
     assert code == 0, text
     body = json.loads(report.read_text())
-    assert {"micro", "thresholds", "rare", "frequent", "auc", "ece"} <= set(body)
+    assert {"micro", "thresholds", "rare", "frequent", "log_loss", "auc_macro", "ap_macro", "ece"} <= set(body)

@@ -6,14 +6,29 @@ from model.encoding import FeatureSpec, encode_surveys, point_in_time_rows, shap
 T0 = pa.scalar(1_700_000_000_000_000, pa.timestamp("us", tz="UTC")).value
 
 
-def test_survey_encoding_round_trips_answers(small_ds):
+def _decoded(q, i, sel):
+    """A token back to the contract: null = skipped, [] = "none of these", else option ids."""
+    if not sel.any():
+        return None
+    if sel[0] > q.n_keys:
+        assert sel[0] == q.n_keys + i and q.questions[i - 1].kind == "multi"  # that question's own marker
+        return []
+    return sorted(q.response_keys[k - 1].split("=")[1] for k in sel if k)
+
+
+def test_survey_encoding_round_trips_answers_skips_and_none_of_these(small_ds):
     q = small_ds.questionnaire
     arrays = encode_surveys(q, small_ds.sessions.column("answers"))
-    for row, answers in enumerate(small_ds.sessions.column("answers").to_pylist()[:200]):
-        tokens = [(q.questions[i - 1].id, sorted(q.response_keys[k - 1].split("=")[1] for k in sel if k))
-                  for i, sel in zip(arrays.q_idx[row], arrays.sel[row]) if i]
-        assert tokens == [(a["question_id"], sorted(a["option_ids"])) for a in answers]
-        assert arrays.y[row].sum() == sum(len(a["option_ids"]) for a in answers)
+    answers = small_ds.sessions.column("answers").to_pylist()
+    kinds = {"skipped": 0, "none": 0}
+    for row, session in enumerate(answers[:400]):
+        tokens = [(q.questions[i - 1].id, _decoded(q, i, sel)) for i, sel in zip(arrays.q_idx[row], arrays.sel[row]) if i]
+        assert tokens == [(a["question_id"], None if a["option_ids"] is None else sorted(a["option_ids"]))
+                          for a in session]
+        assert arrays.y[row].sum() == sum(len(a["option_ids"] or ()) for a in session)
+        kinds["skipped"] += sum(a["option_ids"] is None for a in session)
+        kinds["none"] += sum(a["option_ids"] == [] for a in session)
+    assert kinds["skipped"] > 0 and kinds["none"] > 0  # the simulator writes both kinds
 
 
 def _ts(*seconds):

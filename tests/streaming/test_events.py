@@ -31,7 +31,10 @@ def test_sessions_round_trip_through_events(small_ds, events):
     assert all(isinstance(p, SessionEvent) for p in parsed)
     assert [k for k, _ in events] == [p.user_id.encode() for p in parsed]
     table = events_to_sessions(parsed)
-    assert table.equals(small_ds.sessions.slice(0, 300))
+    assert table.equals(small_ds.sessions.slice(0, 300))  # skipped (null) and "none of these" ([]) kept apart
+    options = [a["option_ids"] for r in table.column("answers").to_pylist() for a in r]
+    assert None in options and [] in options
+    assert b'"option_ids":null' in b"".join(v for _, v in events)
 
 
 def _mutate(raw: bytes, fn) -> bytes:

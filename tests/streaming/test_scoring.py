@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from model.data import encode_sessions, to_batch
+from model.outputs import key_probs
 from model.train import TrainConfig, fit, prepare
 from streaming.events import DLQ_TOPIC, SCORES_TOPIC, decode_probabilities, sessions_to_events
 from streaming.scoring import BatchScorer, InProcessPredictor
@@ -76,7 +77,7 @@ def test_feature_outage_scores_survey_only_and_says_so(small_ds, scorer):
     model = scorer.predictor.model
     with torch.no_grad():
         batch = to_batch(survey_only.survey.q_idx, survey_only.survey.sel, survey_only.sources)
-        expected = torch.sigmoid(model(batch, survey_only_path=True)).numpy()
+        expected = key_probs(model(batch, survey_only_path=True), model.cfg).numpy()
     for sid, probs in zip(sessions.column("session_id").to_pylist(), expected):
         np.testing.assert_allclose(decode_probabilities(outputs[sid]["probabilities_f32"]), probs, atol=1e-5)
 
