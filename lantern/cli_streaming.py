@@ -12,17 +12,19 @@ import typer
 from lantern.cli_common import BootstrapOpt, console, kafka_overrides, out, resolve_ray_address, settings_for
 
 
-def broker():
+def broker(keep_logs: Annotated[bool, typer.Option(help="Keep the embedded broker's log (and its run "
+                                                           "directory) after it stops.")] = False):
     """Start a broker for local use and print its bootstrap address; Ctrl-C or SIGTERM stops it.
 
     KAFKA_BOOTSTRAP set → that broker is used; a reachable Docker engine → Apache Kafka via
-    testcontainers; otherwise the embedded Tansu broker (memory-only) on a free loopback port."""
+    testcontainers; otherwise the embedded Tansu broker (memory-only) on a free loopback port,
+    its log in a run directory removed with it unless --keep-logs."""
     import signal
     import threading
 
     from streaming.broker import launch_broker
 
-    with launch_broker(os.environ.get("KAFKA_BOOTSTRAP")) as b:
+    with launch_broker(os.environ.get("KAFKA_BOOTSTRAP"), keep_logs=keep_logs) as b:
         print(b.bootstrap, flush=True)  # stdout: the address alone, for scripts
         console.print(f"{b.kind} broker at {b.bootstrap}" + (f" (log {b.log})" if b.log else ""))
         if b.kind == "external":
@@ -68,6 +70,9 @@ def score(
                                                help="Look external context up in the feature store.")] = True,
     threshold: Annotated[Optional[float], typer.Option(
         min=0, max=1, help="Multi-select decision threshold (default: the one tuned when the model was trained).")] = None,
+    abstain_below: Annotated[float, typer.Option(
+        min=0, max=1, help="Predict no option for a single-select question whose most likely option is below "
+                           "this probability (default 0: never abstain).")] = 0.0,
     use_serve: Annotated[bool, typer.Option("--serve", help="Send micro-batches to the Ray Serve app "
                                                             "(deployed from the registry if not running).")] = False,
     ray_actors: Annotated[int, typer.Option("--ray-actors", min=0, help="Run N consumers as Ray actors.")] = 0,
@@ -99,10 +104,10 @@ def score(
 
         if s.serve.app_name not in serve.status().applications:
             deploy(s.serve, features=feature_store_options(s.features) if use_features else None,
-                   threshold=threshold, http=False)
+                   threshold=threshold, abstain_below=abstain_below, http=False)
         make = serve_scorer_factory(s.serve.app_name)
     else:
-        make = local_scorer_factory(model, s.train.device, s.features, use_features, threshold)
+        make = local_scorer_factory(model, s.train.device, s.features, use_features, threshold, abstain_below)
     if ray_actors:
         from ray_jobs.actors import run_actors, total
 

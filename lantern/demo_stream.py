@@ -94,14 +94,16 @@ def topic_reasons(cfg: KafkaConfig, topic: str) -> dict[str, int]:
     """Every record of ``topic`` (read from the start, no group) counted by its error-class header."""
     from kafka import KafkaConsumer
 
-    from streaming.kafka_io import assign_from_start
+    from streaming.kafka_io import assign_from_start, log_ends
 
     consumer = KafkaConsumer(enable_auto_commit=False, **cfg.client_options())
     try:
         parts = assign_from_start(consumer, topic)
         if not parts:
             return {}
-        end = consumer.end_offsets(parts)
+        end = log_ends(consumer, parts)
+        for tp in parts:
+            consumer.seek_to_beginning(tp)
         reasons: dict[str, int] = {}
         while any(consumer.position(tp) < end[tp] for tp in parts):
             for msgs in consumer.poll(timeout_ms=1000).values():

@@ -207,13 +207,15 @@ def ablation_table(result: dict, task: str = "hidden") -> Table:
             "questions never presented (the respondent stopped before them), the simulator's would-be answers")
     table = Table(title=f"{result['dataset']['test_sessions']} held-out sessions, {what}; F1: argmax per "
                         "single-select question, multi-select threshold tuned on validation")
+    ordinal = any(r["ordinal_mae"] == r["ordinal_mae"] for r in rows.values())  # not NaN: ordinal scales
     for col in ("variant", "log loss", "Brier", "AUC macro", "AP macro", "F1", "rare F1", "accuracy", "F1@0.5",
-                "ECE", "ΔF1 vs survey"):
+                "ECE", *(("MAE (points)",) if ordinal else ()), "ΔF1 vs survey"):
         table.add_column(col, justify="left" if col == "variant" else "right", no_wrap=True)
     for name, r in rows.items():
         table.add_row(name, f"{r['log_loss']:.4f}", f"{r['brier']:.4f}", _rate(r['auc_macro']),
                       _rate(r['ap_macro']), f"{r['f1']:.4f}", f"{r['rare_f1']:.4f}" if rare else "n/a",
                       f"{r['accuracy']:.4f}", f"{r['at_0.5']['f1']:.4f}", f"{r['ece']:.4f}",
+                      *((f"{r['ordinal_mae']:.3f}",) if ordinal else ()),
                       f"{(r['f1'] / base - 1) * 100:+.1f}%" if base else "")
     return table
 

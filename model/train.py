@@ -27,9 +27,9 @@ from model.data import (
     SourceRows,
     encode_dataset,
     hide_questions,
-    question_parents,
     joined_sources,
     model_config,
+    question_parents,
     split_users,
     to_batch,
 )

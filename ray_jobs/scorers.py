@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def local_scorer_factory(model: Path, device_pref: str, features_cfg, use_features: bool,
-                         threshold: float | None) -> Callable:
+                         threshold: float | None, abstain_below: float = 0.0) -> Callable:
     """A picklable builder of the in-process scorer (runs in this process or in a Ray actor)."""
     def make():
         from model.checkpoint import load_model, tuned_threshold
@@ -25,7 +25,8 @@ def local_scorer_factory(model: Path, device_pref: str, features_cfg, use_featur
             client = OnlineLookup(open_store(features_cfg))
         version = loaded.meta.get("version", model.name)
         return BatchScorer(loaded.questionnaire, loaded.features, InProcessPredictor(loaded.model, version, device),
-                           client, tuned_threshold(loaded.meta) if threshold is None else threshold)
+                           client, tuned_threshold(loaded.meta) if threshold is None else threshold,
+                           abstain_below=abstain_below)
     return make
 
 

@@ -53,7 +53,8 @@ def _concat(parts: list[Encoded]) -> tuple:
 @serve.deployment(name="LanternScorer")
 class LanternScorer:
     def __init__(self, registry: str, model_version: str | None = None, device: str = "auto", half: bool = False,
-                 features: dict | None = None, threshold: float | None = None, threads: int = 1):
+                 features: dict | None = None, threshold: float | None = None, threads: int = 1,
+                 abstain_below: float = 0.0):
         from model.train import resolve_device
 
         torch.set_num_threads(threads)  # the replica's CPU share (ray_actor_options num_cpus)
@@ -61,6 +62,7 @@ class LanternScorer:
         self.device = resolve_device(device)
         self.half = half and self.device.type == "cuda"  # never on CPU
         self.threshold = threshold  # None: each version's own tuned multi-select threshold
+        self.abstain_below = abstain_below
         self.features = None
         if features is not None:  # the replica's own online lookup (features.lookup.OnlineLookup)
             from features.config import FeatureStoreConfig
@@ -75,7 +77,7 @@ class LanternScorer:
         version = loaded.meta.get("version", version)
         threshold = tuned_threshold(loaded.meta) if self.threshold is None else self.threshold
         return Served(version, loaded.model, BatchScorer(loaded.questionnaire, loaded.features, None, self.features,
-                                                         threshold))
+                                                         threshold, abstain_below=self.abstain_below))
 
     def reconfigure(self, config: dict) -> None:
         """user_config: batching knobs and the model version. In-flight requests keep the version
@@ -160,7 +162,7 @@ async def _read_capped(request: Request, limit: int) -> bytes | None:
 
 
 def build_app(cfg: ServeConfig, model_version: str | None = None, features: dict | None = None,
-              threshold: float | None = None):
+              threshold: float | None = None, abstain_below: float = 0.0):
     """The Serve application for ``cfg``: placement, autoscaling and user_config from settings."""
     version = model_version or cfg.model_version or Registry(cfg.registry).champion()
     deployment = LanternScorer.options(
@@ -174,26 +176,28 @@ def build_app(cfg: ServeConfig, model_version: str | None = None, features: dict
     )
     # an absolute registry path: replicas may run with another working directory
     return deployment.bind(str(Path(cfg.registry).resolve()), version, cfg.device, cfg.half, features, threshold,
-                           max(1, int(cfg.num_cpus)))
+                           max(1, int(cfg.num_cpus)), abstain_below)
 
 
 def app_builder(args: dict):
     """Serve config entry point (``import_path: ray_jobs.serve:app_builder``, e.g. a KubeRay
     RayService): ``args`` holds ServeConfig fields, plus ``features`` (FeatureStoreConfig fields;
-    absent = no external context) and ``threshold``. Unknown keys are an error."""
+    absent = no external context), ``threshold`` (multi-select; absent = each version's tuned one) and
+    ``abstain_below`` (single-select). Unknown keys are an error."""
     from features.config import FeatureStoreConfig
 
     args = dict(args)
     features, threshold = args.pop("features", None), args.pop("threshold", None)
     threshold = None if threshold is None else float(threshold)
+    abstain_below = float(args.pop("abstain_below", 0.0))
     cfg = config_from_args(ServeConfig, args, "serve")
     if features is not None:
         features = feature_store_options(FeatureStoreConfig(**features))
-    return build_app(cfg, features=features, threshold=threshold)
+    return build_app(cfg, features=features, threshold=threshold, abstain_below=abstain_below)
 
 
 def deploy(cfg: ServeConfig, model_version: str | None = None, features: dict | None = None,
-           threshold: float | None = None, http: bool = True):
+           threshold: float | None = None, http: bool = True, abstain_below: float = 0.0):
     """Start Serve (HTTP on ``cfg.http_host:http_port``) and run or update the app; returns its handle.
     Re-running with another version is a lightweight update: only user_config changes, replicas
     reconfigure in place."""
@@ -201,7 +205,7 @@ def deploy(cfg: ServeConfig, model_version: str | None = None, features: dict | 
         serve.start(http_options={"host": cfg.http_host, "port": cfg.http_port})
     else:
         serve.start(proxy_location="Disabled")
-    return serve.run(build_app(cfg, model_version, features, threshold), name=cfg.app_name,
+    return serve.run(build_app(cfg, model_version, features, threshold, abstain_below), name=cfg.app_name,
                      route_prefix="/" if http else None)
 
 

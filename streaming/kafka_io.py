@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from lantern.errors import LanternError
 from streaming.broker import FAST_GROUP
+from streaming.codecs import check_codecs
 from streaming.config import KafkaConfig
 from streaming.events import dlq_headers
 from streaming.scoring import BatchScorer, Record
@@ -55,6 +56,20 @@ def assign_from_start(consumer: KafkaConsumer, topic: str) -> list[TopicPartitio
         consumer.assign(parts)
         consumer.seek_to_beginning(*parts)
     return parts
+
+
+def log_ends(consumer: KafkaConsumer, parts: list[TopicPartition], timeout_s: float = 5.0) -> dict[TopicPartition, int]:
+    """Each partition's log end from a fetch response's high watermark, right on any broker (the
+    embedded Tansu broker's ``ListOffsets(latest)`` answers the last batch's start + 1). Leaves
+    ``consumer`` assigned to ``parts``; where no fetch answers in time, ``ListOffsets`` is used."""
+    listed = consumer.end_offsets(parts)
+    consumer.assign(parts)
+    for tp in parts:
+        consumer.seek(tp, max(listed[tp] - 1, 0))  # inside the last batch: one small fetch
+    deadline = time.monotonic() + timeout_s
+    while any(consumer.highwater(tp) is None for tp in parts) and time.monotonic() < deadline:
+        consumer.poll(timeout_ms=200, max_records=1)
+    return {tp: max(consumer.highwater(tp) or 0, listed[tp]) for tp in parts}
 
 
 def replay(cfg: KafkaConfig, events: list[tuple[bytes, bytes]], rate: float | None = None,
@@ -172,6 +187,7 @@ def consume_loop(cfg: KafkaConfig, group_id: str, handle: Callable[[list[Record]
     When finishing raises :class:`OutputsNotAcknowledged` (the broker is away) nothing more is
     committed: the consumer seeks back to the first uncommitted offsets and, after a backoff,
     polls the same records again, so the loop rides out a broker outage without losing or skipping."""
+    check_codecs()  # before joining: a batch it cannot decompress must never reach poll()
     ensure_topics(cfg)
     consumer = KafkaConsumer(group_id=group_id, enable_auto_commit=False, auto_offset_reset="earliest",
                              max_poll_records=cfg.max_poll_records, **FAST_GROUP, **cfg.client_options())
@@ -210,8 +226,8 @@ def consume_loop(cfg: KafkaConfig, group_id: str, handle: Callable[[list[Record]
                 continue
             try:
                 if polled:
-                    records = [Record(tp.topic, tp.partition, m.offset, m.key, m.value, m.timestamp)
-                               for tp, msgs in polled.items() for m in msgs]
+                    records = [Record(tp.topic, tp.partition, m.offset, m.key, m.value, m.timestamp,
+                                      tuple(m.headers or ())) for tp, msgs in polled.items() for m in msgs]
                     inflight.batches.append((polled, records, None))  # in flight before handle can fail
                     inflight.batches[-1] = (polled, records, handle(records))
                 # a full batch means a backlog: start the next before finishing this one; a
@@ -255,7 +271,8 @@ class KafkaScorer(Stopper):
         try:
             sent = [producer.send(self.cfg.scores_topic, key=key, value=value) for key, value in result.scores]
             sent += [producer.send(self.cfg.dlq_topic, key=record.key, value=record.value,
-                                   headers=dlq_headers(error, record.topic, record.partition, record.offset))
+                                   headers=dlq_headers(error, record.topic, record.partition, record.offset,
+                                                       record.headers))
                      for record, error in result.dead]
             producer.flush(timeout=self.cfg.flush_timeout_s)  # outputs acknowledged before the offsets move
         except KafkaError as exc:  # no metadata / buffer full / flush timed out: the broker is away

@@ -40,6 +40,7 @@ class Record:
     key: bytes | None
     value: bytes
     timestamp_ms: int = -1  # the broker record's timestamp (CreateTime: when it was produced)
+    headers: tuple[tuple[str, bytes], ...] = ()  # the producer's own headers (kept on dead letters)
 
 
 class FeatureClient(Protocol):
@@ -141,16 +142,19 @@ class BatchScorer:
         self.lookup_attempts, self.lookup_backoff_s = lookup_attempts, lookup_backoff_s
 
     def parse(self, records: list[Record]) -> tuple[list[tuple[Record, SessionEvent]], list[tuple[Record, EventError]]]:
-        good, dead, seen = [], [], set()
+        """Valid events, and dead letters for the rest. A record whose key is not its body's
+        ``user_id`` is refused (``key_mismatch``): the key is what keeps a user's sessions on one
+        partition. A null key is accepted. The same session twice (a producer's retry) is scored
+        each time, in one batch or across batches alike; consumers deduplicate by ``session_id``."""
+        good, dead = [], []
         for record in records:
             parsed = parse_event(record.value, self.q)
-            if isinstance(parsed, SessionEvent) and parsed.session_id in seen:
-                parsed = EventError("duplicate_session", f"session {parsed.session_id!r} twice in one batch",
-                                    "session_id")
+            if isinstance(parsed, SessionEvent) and record.key is not None and record.key != parsed.user_id.encode():
+                parsed = EventError("key_mismatch", f"record key {record.key[:64]!r} is not the user_id "
+                                                    f"{parsed.user_id!r}", "user_id")
             if isinstance(parsed, EventError):
                 dead.append((record, parsed))
             else:
-                seen.add(parsed.session_id)
                 good.append((record, parsed))
         return good, dead
 

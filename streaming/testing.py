@@ -47,7 +47,7 @@ def run_in_memory(scorer: BatchScorer, records: list[Record], sink: MemorySink, 
             sink.send(SCORES_TOPIC, key, value)
         for record, error in result.dead:
             sink.send(DLQ_TOPIC, record.key, record.value,
-                      dlq_headers(error, record.topic, record.partition, record.offset))
+                      dlq_headers(error, record.topic, record.partition, record.offset, record.headers))
     return sink
 
 

@@ -48,11 +48,24 @@ def port_open(address: str) -> bool:
         return False
 
 
-def test_embedded_broker_round_trips_and_stops():
+def test_embedded_broker_round_trips_and_stops_leaving_no_log_behind():
     with embedded_broker() as broker:
         assert broker.kind == "embedded" and broker.bootstrap.startswith("127.0.0.1:")
         assert round_trip(broker.bootstrap) == 200
+        assert broker.log.exists()
     assert not port_open(broker.bootstrap)
+    assert not broker.log.parent.exists()  # the run directory goes with the broker
+
+
+def test_a_kept_broker_log_stays_for_reading():
+    with embedded_broker(keep_logs=True) as broker:
+        pass
+    try:
+        assert broker.log.exists()
+    finally:
+        import shutil
+
+        shutil.rmtree(broker.log.parent)
 
 
 def test_a_given_bootstrap_is_used_as_is():
@@ -103,3 +116,24 @@ def test_a_killed_lantern_broker_leaves_no_broker_behind():
     while port_open(address) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not port_open(address)
+
+
+def test_log_ends_come_from_the_fetch_high_watermark():
+    from kafka.structs import TopicPartition
+
+    from streaming.kafka_io import log_ends
+
+    with embedded_broker() as broker:
+        topic = f"ends-{uuid.uuid4().hex[:6]}"
+        producer = KafkaProducer(bootstrap_servers=broker.bootstrap)
+        for batch in range(5):  # several record batches: ListOffsets on Tansu counts the last one's start
+            for i in range(batch * 15, min(73, (batch + 1) * 15)):
+                producer.send(topic, value=str(i).encode(), partition=0)
+            producer.flush()
+        producer.close()
+        consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap, enable_auto_commit=False)
+        tp = TopicPartition(topic, 0)
+        listed = consumer.end_offsets([tp])[tp]
+        assert log_ends(consumer, [tp]) == {tp: 73}
+        consumer.close()
+    assert listed <= 73  # the embedded broker answers ListOffsets with the last batch's start + 1

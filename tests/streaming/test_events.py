@@ -103,3 +103,26 @@ def test_dlq_headers_say_what_and_where():
     headers = dict(dlq_headers(EventError("bad_json", "not valid JSON", ""), DLQ_TOPIC[:-4], 3, 1234))
     assert headers["lantern.error.class"] == b"bad_json"
     assert headers["lantern.source.partition"] == b"3" and headers["lantern.source.offset"] == b"1234"
+
+
+def test_the_documented_error_classes_are_the_codes():
+    import re
+    from pathlib import Path
+
+    from streaming.events import ERROR_CLASSES
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "events.md").read_text()
+    table = doc.split("| class | when |", 1)[1].split("\n\n", 1)[0]
+    documented = {name for line in table.splitlines()[2:] for name in re.findall(r"`([a-z_]+)`", line.split("|")[1])}
+    assert documented == set(ERROR_CLASSES)
+    validate_source = (Path(__file__).resolve().parents[2] / "lantern" / "dataset" / "validate.py").read_text()
+    contract_kinds = set(re.findall(r'"(unknown_question|duplicate_answer|unknown_option|repeated_option|'
+                                    r'single_select|routing)"\)', validate_source))
+    assert contract_kinds <= set(ERROR_CLASSES) and len(contract_kinds) == 6
+
+
+def test_dead_letters_keep_the_producers_own_headers_first():
+    original = (("traceparent", b"00-abc-def-01"), ("lantern.error.class", b"old"), ("tenant", b"t1"))
+    headers = dlq_headers(EventError("bad_json", "not valid JSON", ""), "in", 0, 7, original)
+    assert headers[:2] == [("traceparent", b"00-abc-def-01"), ("tenant", b"t1")]
+    assert [v for k, v in headers if k == "lantern.error.class"] == [b"bad_json"]  # fresh, not doubled

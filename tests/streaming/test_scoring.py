@@ -61,8 +61,33 @@ def test_poison_pills_are_dead_lettered_and_nothing_is_lost(small_ds, scorer):
     dead = sink[DLQ_TOPIC]
     assert len(sink[SCORES_TOPIC]) + len(dead) == len(records)
     kinds = sorted(dict(h)["lantern.error.class"].decode() for _, _, h in dead)
-    assert kinds == ["bad_json", "duplicate_session", "oversized", "unknown_schema_version"]
+    assert kinds == ["bad_json", "oversized", "unknown_schema_version"]
     assert all(value in {v for _, v in bad} for _, value, _ in dead)  # original bytes, unchanged
+    scored = [json.loads(v)["session_id"] for _, v, _ in sink[SCORES_TOPIC]]
+    assert len(scored) == 51 and scored.count(json.loads(events[3][1])["session_id"]) == 2  # a retry is scored
+
+
+def test_strict_input_and_keys_that_are_not_the_user(small_ds, scorer):
+    good_key, good = sessions_to_events(small_ds.sessions.slice(0, 1))[0]
+    body = json.loads(good)
+    cases = {
+        "bom": (good_key, "\ufeff".encode() + good),
+        "utf16": (good_key, good.decode().encode("utf-16")),
+        "latin1": (good_key, json.dumps({**body, "user_id": "ü"}, ensure_ascii=False).encode("latin-1")),
+        "nan": (good_key, good.replace(b'"schema_version":1', b'"schema_version":1,"x":NaN')),
+        "infinity": (good_key, good.replace(b'"schema_version":1', b'"schema_version":1,"x":-Infinity')),
+        "bool_version": (good_key, json.dumps({**body, "schema_version": True}).encode()),
+        "float_version": (good_key, json.dumps({**body, "schema_version": 1.0}).encode()),
+        "other_key": (b"somebody-else", good),
+        "null_key": (None, good),
+    }
+    records = memory_source(list(cases.values()))
+    result = scorer.score(records)
+    classes = {list(cases)[r.offset]: e.kind for r, e in result.dead}
+    assert classes == {"bom": "bad_json", "utf16": "bad_json", "latin1": "bad_json", "nan": "bad_json",
+                       "infinity": "bad_json", "bool_version": "wrong_types", "float_version": "wrong_types",
+                       "other_key": "key_mismatch"}
+    assert len(result.scores) == 1  # the null key is accepted (documented)
 
 
 def test_feature_outage_scores_survey_only_and_says_so(small_ds, scorer):
@@ -99,3 +124,23 @@ def test_scoring_recovers_when_the_store_returns(small_ds, scorer):
     assert bs.score(records[:30]).degraded and store.calls == 3  # retried, then survey-only
     store.down = False
     assert not bs.score(records[30:]).degraded
+
+
+def test_predicted_keys_follow_the_question_kind_and_the_abstain_setting(small_ds, trained):
+    from model.metrics import Layout
+
+    q, (prep, model) = small_ds.questionnaire, trained
+    records = memory_source(sessions_to_events(small_ds.sessions.slice(0, 40)), partitions=1)
+    plain = BatchScorer(q, prep.features, InProcessPredictor(model, "v1"), None, threshold=0.3)
+    wary = BatchScorer(q, prep.features, InProcessPredictor(model, "v1"), None, threshold=0.3, abstain_below=0.9)
+    kq, single = np.asarray(q.key_question), Layout.of(q).single
+    for (_, a), (_, b) in zip(plain.score(records).scores, wary.score(records).scores):
+        a, b = json.loads(a), json.loads(b)
+        probs = decode_probabilities(a["probabilities_f32"])
+        chosen = np.isin(np.array(q.response_keys), a["predicted_keys"])
+        per_single_q = np.bincount(kq[chosen & single], minlength=len(q.questions))
+        assert all(per_single_q[i] == 1 for i, x in enumerate(q.questions) if x.kind == "single")
+        assert (chosen[~single] == (probs[~single] >= 0.3)).all() and a["threshold"] == 0.3
+        top = {i: probs[kq == i].max() for i, x in enumerate(q.questions) if x.kind == "single"}
+        kept = [k for k in b["predicted_keys"] if single[q.response_keys.index(k)]]
+        assert len(kept) == sum(p >= 0.9 for p in top.values()) and b["abstain_below"] == 0.9
