@@ -13,11 +13,14 @@ PRESETS = {
 }
 
 
+EPOCH_ROWS = 400_000  # rows an automatic epoch budget covers (35K users: 13 passes; 2.8K users: 60)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     variant: str = "lantern"
     preset: str = "small"
-    epochs: int = 12  # passes at most (early stopping usually ends sooner)
+    epochs: int | None = None  # passes at most; None: see max_epochs (early stopping usually ends sooner)
     batch_size: int = 256  # at most: smaller where needed for min_batches
     min_batches: int = 50  # per epoch at least: a 2K-user dataset gets smaller batches, not fewer updates
     lr: float = 2e-3
@@ -27,6 +30,13 @@ class TrainConfig:
     seed: int = 0
     eval_seed: int = 1234
     device: str = "auto"
+
+    def max_epochs(self, n_train: int) -> int:
+        """``epochs`` when set; otherwise about ``EPOCH_ROWS`` training rows, 12 to 60 passes: a large
+        dataset gets 12 (the CPU time budget), a small one enough passes to converge."""
+        if self.epochs is not None:
+            return self.epochs
+        return min(60, max(12, -(-EPOCH_ROWS // max(n_train, 1))))
 
     def __post_init__(self):
         if self.variant not in VARIANTS + BASELINES:

@@ -173,15 +173,16 @@ def fit(prep: Prepared, tc: TrainConfig, progress: bool = True,
     device = resolve_device(tc.device)
     model = build_model(model_config(prep.dataset.questionnaire, prep.features, tc.variant, tc.preset)).to(device)
     train = prep.data.take(prep.train_idx)
-    run_tc = replace(tc, batch_size=batch_rows(tc, len(train)))  # tc as asked is what the history records
+    # tc as asked is what the history records; this run's batch size and number of passes
+    run_tc = replace(tc, batch_size=batch_rows(tc, len(train)), epochs=tc.max_epochs(len(train)))
     steps = math.ceil(len(train) / run_tc.batch_size)
     opt, sched = make_optimizer(model, run_tc, steps)
     rng = np.random.default_rng(tc.seed)
     stop, history, layout = EarlyStopping(tc.patience), [], Layout.of(prep.dataset.questionnaire)
     t0 = time.perf_counter()
-    with tqdm(total=tc.epochs * steps, desc=f"train {tc.variant}", disable=not progress, leave=False,
+    with tqdm(total=run_tc.epochs * steps, desc=f"train {tc.variant}", disable=not progress, leave=False,
               mininterval=1.0) as bar:
-        for epoch in range(tc.epochs):
+        for epoch in range(run_tc.epochs):
             loss = train_epoch(model, opt, sched, train, prep.key_question, run_tc, rng, device, bar, prep.parent)
             row = {"epoch": epoch + 1, "loss": loss, **validate(model, prep.val, layout, device),
                    "elapsed_s": time.perf_counter() - t0}

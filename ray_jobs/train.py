@@ -155,7 +155,8 @@ def retrain(ds, tc: TrainConfig, rc: RetrainConfig, sources=None, log=print, pro
     t0 = time.perf_counter()
     prep = prepare(ds, tc, sources=sources)
     train = prep.data.take(prep.train_idx)
-    tc = replace(tc, batch_size=batch_rows(tc, len(train)))  # the same steps per epoch as one process
+    # the same steps per epoch and passes as one process
+    tc = replace(tc, batch_size=batch_rows(tc, len(train)), epochs=tc.max_epochs(len(train)))
     storage = Path(rc.storage).resolve()
     encoded = write_encoded(train, storage / rc.run_name / "encoded" / "train.parquet")
     rows = len(train) // rc.num_workers

@@ -41,6 +41,12 @@ def test_the_kept_epoch_is_the_one_with_the_lowest_validation_loss(trained):
     assert 0.05 <= history["multi_threshold"] <= 0.95
 
 
+def test_the_automatic_epoch_budget_gives_small_datasets_more_passes():
+    assert TrainConfig().max_epochs(31_000) == 13 and TrainConfig().max_epochs(300_000) == 12
+    assert TrainConfig().max_epochs(2_240) == 60 and TrainConfig().max_epochs(20_000) == 20
+    assert TrainConfig(epochs=3).max_epochs(2_240) == 3
+
+
 def test_small_datasets_get_smaller_batches_not_fewer_updates():
     tc = TrainConfig(batch_size=256, min_batches=50)
     assert batch_rows(tc, 30_000) == 256
