@@ -139,13 +139,13 @@ def train_epoch(model: nn.Module, opt, sched, data: EncodedData, key_question: n
     """One pass in random order; returns the mean loss."""
     model.train()
     losses, s = [], data.survey
+    cfg = getattr(model, "module", model).cfg  # under DDP the model is wrapped
     for idx in length_bucketed_batches((s.q_idx > 0).sum(1), tc.batch_size, rng):
         q_in, sel_in, mask = hide_questions(s.q_idx[idx], s.sel[idx], key_question, tc.hide_fraction, rng,
                                            parent)
         batch = to_batch(q_in, sel_in, [src.take(idx) for src in data.sources], device)
         y = torch.as_tensor(s.y[idx], dtype=torch.float32, device=device)
-        loss = response_loss(model(batch), y, torch.as_tensor(mask, dtype=torch.float32, device=device),
-                             model.cfg)
+        loss = response_loss(model(batch), y, torch.as_tensor(mask, dtype=torch.float32, device=device), cfg)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

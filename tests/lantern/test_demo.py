@@ -82,8 +82,12 @@ def test_demo_runs_every_step_and_prints_what_it_reports(tmp_path):
     for name in PLOTS:
         assert (root / name).stat().st_size > 5000, name
     ablation = json.loads((root / "demo.json").read_text())["ablation"]
-    assert set(ablation["variants"]) == {"survey_only", "external_only", "early_fusion", "lantern", "logistic"}
+    assert set(ablation["variants"]) == {"survey_only", "external_only", "early_fusion", "lantern", "logistic",
+                                         "answer_rates", "oracle"}  # beside the models: the reference and the ceiling
     assert ablation["variants"]["lantern"]["training"]["trainer"].startswith("Ray Train")
+    variants = ablation["variants"]
+    assert variants["oracle"]["log_loss"] < variants["lantern"]["log_loss"] < variants["answer_rates"]["log_loss"]
+    assert "never_presented" in variants["lantern"] and "lantern - survey_only" in ablation["comparisons"]["hidden"]
 
 
 def test_ctrl_c_leaves_no_process_behind(tmp_path):
