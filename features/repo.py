@@ -10,7 +10,7 @@ import json
 from datetime import timedelta
 
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource, ValueType
-from feast.types import Array, Bytes, Float32, Float64, Int64, String
+from feast.types import Array, Bytes, Float32, Float64, Int64, String, UnixTimestamp
 
 from features.packing import CAT, NUM, SourceLayout
 
@@ -47,7 +47,8 @@ def scores_objects() -> tuple[PushSource, FeatureView]:
         name=SCORES_VIEW, entities=[user], ttl=timedelta(days=365), online=True, source=push,
         schema=[Field(name="session_id", dtype=String), Field(name="model_version", dtype=String),
                 Field(name="probabilities", dtype=Array(Float32)),
-                Field(name="predicted_keys", dtype=Array(String))],
+                Field(name="predicted_keys", dtype=Array(String)),
+                Field(name="completed_at", dtype=UnixTimestamp)],  # which session is the latest
         description="The scorer's latest predicted attributes per user (written back by the stream).",
     )
     return push, view

@@ -30,7 +30,8 @@ from lantern.errors import LanternError
 
 SCORES_SCHEMA = pa.schema([("user_id", pa.string()), ("event_timestamp", pa.timestamp("us", tz="UTC")),
                            ("session_id", pa.string()), ("model_version", pa.string()),
-                           ("probabilities", pa.list_(pa.float32())), ("predicted_keys", pa.list_(pa.string()))])
+                           ("probabilities", pa.list_(pa.float32())), ("predicted_keys", pa.list_(pa.string())),
+                           ("completed_at", pa.timestamp("us", tz="UTC"))])
 VECTOR_SCHEMA = pa.schema([("user_id", pa.string()), ("event_timestamp", pa.timestamp("us", tz="UTC")),
                            ("vector", pa.binary())])
 LAYOUT_FILE = "layout.py"
@@ -174,6 +175,16 @@ def push_scores(store: FeatureStore, scores: pd.DataFrame) -> None:
         store.push(SCORES_PUSH, scores, to=PushMode.ONLINE)
     except (sqlite3.Error, ConnectionError, OSError) as exc:
         raise FeatureStoreUnavailable(f"cannot write scores to the online store: {exc}") from exc
+
+
+def stored_completions(store: FeatureStore, user_ids: list[str]) -> dict[str, object]:
+    """Each user's ``completed_at`` of the score the online store holds (None: no score yet)."""
+    try:
+        got = store.get_online_features(features=[f"{SCORES_VIEW}:completed_at"],
+                                        entity_rows=[{"user_id": u} for u in user_ids]).to_dict()
+    except (sqlite3.Error, ConnectionError, OSError) as exc:
+        raise FeatureStoreUnavailable(f"cannot read scores from the online store: {exc}") from exc
+    return dict(zip(got["user_id"], got["completed_at"]))
 
 
 def latest_scores(store: FeatureStore, user_ids: list[str]) -> dict[str, list]:

@@ -1,9 +1,10 @@
 """`lantern sink-scores`: the scores topic → Feast's online ``lantern_scores`` view.
 
 A consumer group of its own (``lantern-score-sink``), so writing back never slows scoring. Per
-micro-batch: decode the score records (pure: :func:`score_frame`) → one push to the online store,
-each user's latest score only → commit. At-least-once: a redelivered batch pushes the same rows
-again, which leaves the store as it was.
+micro-batch: decode the score records (pure: :func:`score_frame`) → each user's latest session by
+``completed_at`` (not by arrival: a user's sessions may come through different partitions, or
+late) → drop those not newer than what the store already holds → one push → commit.
+At-least-once: a redelivered batch pushes nothing new, which leaves the store as it was.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from streaming.events import decode_probabilities
 from streaming.scoring import Record
 
 SINK_GROUP = "lantern-score-sink"
-FEAST_COLUMNS = ["user_id", "session_id", "model_version", "probabilities", "predicted_keys", "event_timestamp"]
+FEAST_COLUMNS = ["user_id", "session_id", "model_version", "probabilities", "predicted_keys", "completed_at",
+                 "event_timestamp"]
 
 
 def score_frame(records: list[Record]) -> pd.DataFrame:
@@ -34,27 +36,36 @@ def score_frame(records: list[Record]) -> pd.DataFrame:
             "probabilities": decode_probabilities(body["probabilities_f32"]).tolist(),
             "predicted_keys": body["predicted_keys"],
             "event_timestamp": datetime.fromisoformat(body["scored_at"].replace("Z", "+00:00")),
+            "completed_at": datetime.fromisoformat(body["completed_at"].replace("Z", "+00:00")),
             "gate_mean": body["gate_mean"], "degraded": body["degraded"], "produced_ms": record.timestamp_ms,
             "sources_used": len(body["external_sources_used"]),
         })
     return pd.DataFrame(rows)
 
 
-def latest_per_user(frame: pd.DataFrame) -> pd.DataFrame:
-    """Each user's last row (records arrive in offset order per partition, keyed by user)."""
-    return frame.drop_duplicates("user_id", keep="last")
+def latest_per_user(frame: pd.DataFrame, stored: dict | None = None) -> pd.DataFrame:
+    """Each user's row of the latest ``completed_at`` (ties: the later record), without the users
+    whose ``stored`` score (user → its completed_at) is as recent or more."""
+    latest = frame.sort_values("completed_at", kind="stable").drop_duplicates("user_id", keep="last")
+    if not stored:
+        return latest
+    held = pd.to_datetime(latest["user_id"].map(stored), utc=True)
+    return latest[held.isna() | (latest["completed_at"] > held)]
 
 
 def run_score_sink(cfg: KafkaConfig, store, stopper, on_batch: Callable[[pd.DataFrame], None] | None = None,
                    max_events: int | None = None, idle_exit_s: float | None = None,
                    log=lambda msg: None, group_id: str = SINK_GROUP) -> int:
     """Consume the scores topic into the online store until stopped; returns records consumed."""
-    from features.store import push_scores
+    from features.store import push_scores, stored_completions
     from streaming.kafka_io import consume_loop
 
     def handle(records: list[Record]) -> None:
         frame = score_frame(records)
-        push_scores(store, latest_per_user(frame)[FEAST_COLUMNS])
+        latest = latest_per_user(frame)
+        newer = latest_per_user(latest, stored_completions(store, latest["user_id"].tolist()))
+        if len(newer):
+            push_scores(store, newer[FEAST_COLUMNS])
         if on_batch is not None:
             on_batch(frame)
 

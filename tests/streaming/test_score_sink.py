@@ -29,11 +29,12 @@ def broker():
         yield b
 
 
-def scores(q, rows: list[tuple[str, str, float]], t0: datetime) -> list[tuple[bytes, bytes]]:
-    """(user, session, probability of every key) → score records, scored one minute apart."""
+def scores(q, rows: list[tuple], t0: datetime) -> list[tuple[bytes, bytes]]:
+    """(user, session, probability of every key[, completed_at]) → score records, scored one
+    minute apart (completed at ``t0`` unless given)."""
     out = []
-    for i, (user, session, p) in enumerate(rows):
-        event = SessionEvent(session, user, t0, ())
+    for i, (user, session, p, *done) in enumerate(rows):
+        event = SessionEvent(session, user, done[0] if done else t0, ())
         out.append((user.encode(), score_bytes(event, np.full(q.n_keys, p, np.float32), q, "v0007", 0.5, [], 0.3,
                                                t0 + timedelta(minutes=i))))
     return out
@@ -49,6 +50,17 @@ def test_score_frame_decodes_and_keeps_each_users_last_row(recent_ds):  # noqa: 
     assert frame.loc[1, "predicted_keys"] == list(q.response_keys)  # 0.7 ≥ 0.5 on every key
     latest = latest_per_user(frame)
     assert dict(zip(latest["user_id"], latest["session_id"])) == {"u1": "c", "u2": "b"}
+
+
+def test_the_latest_score_is_the_latest_completion_not_the_last_arrival(recent_ds):  # noqa: F811
+    q = recent_ds.questionnaire
+    t0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
+    rows = [("u1", "new", 0.9, t0 + timedelta(days=2)), ("u1", "old", 0.2, t0), ("u2", "b", 0.5, t0)]
+    frame = score_frame([Record("s", 0, i, k, v) for i, (k, v) in enumerate(scores(q, rows, t0))])
+    latest = latest_per_user(frame)
+    assert dict(zip(latest["user_id"], latest["session_id"])) == {"u1": "new", "u2": "b"}
+    stored = {"u1": t0 + timedelta(days=5), "u2": t0 - timedelta(days=1)}  # the store holds a newer u1
+    assert latest_per_user(frame, stored)["session_id"].tolist() == ["b"]
 
 
 def test_scores_topic_lands_in_the_online_store_latest_per_user(broker, sqlite_store, recent_ds):  # noqa: F811
@@ -73,6 +85,25 @@ def test_scores_topic_lands_in_the_online_store_latest_per_user(broker, sqlite_s
     np.testing.assert_allclose(online["probabilities"][0], 0.8, rtol=1e-6)
     assert sum(len(f) for f in seen) == 6
     assert run_score_sink(cfg, store, Stopper(), max_events=1, idle_exit_s=5, group_id=sink) == 0  # all committed
+
+
+def test_a_users_sessions_on_two_partitions_end_as_the_latest_completion(broker, sqlite_store, recent_ds):  # noqa: F811
+    store, _ = sqlite_store
+    tag = uuid.uuid4().hex[:8]
+    cfg = KafkaConfig(bootstrap=broker.bootstrap, input_topic=f"in-{tag}", scores_topic=f"scores-{tag}",
+                      dlq_topic=f"dlq-{tag}", partitions=2, max_poll_records=1)
+    from streaming.kafka_io import ensure_topics
+
+    ensure_topics(cfg)
+    user, t0 = f"two-{tag}", datetime.now(timezone.utc) - timedelta(hours=2)
+    (k_new, v_new), (k_old, v_old) = scores(recent_ds.questionnaire, [(user, "newer", 0.9, t0 + timedelta(hours=1)),
+                                                                      (user, "older", 0.1, t0)], t0)
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap)
+    producer.send(cfg.scores_topic, key=k_new, value=v_new, partition=0).get(10)
+    producer.send(cfg.scores_topic, key=k_old, value=v_old, partition=1).get(10)  # the older one arrives last
+    producer.close()
+    assert run_score_sink(cfg, store, Stopper(), max_events=2, idle_exit_s=10, group_id=f"sink-{tag}") == 2
+    assert latest_scores(store, [user])["session_id"] == ["newer"]
 
 
 def test_replaying_from_earliest_reproduces_the_outputs_and_the_feast_state(broker, sqlite_store, recent_ds,  # noqa: F811
