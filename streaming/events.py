@@ -77,8 +77,8 @@ def parse_event(raw: bytes, q: Questionnaire, max_bytes: int = MAX_EVENT_BYTES) 
     if not isinstance(body, dict):
         return _wrong("event", "a JSON object", body)
     version = body.get("schema_version")
-    if type(version) is not int:  # noqa: E721 - bool is an int subclass: `true` is no version
-        return _wrong("schema_version", "an integer", version)
+    if isinstance(version, bool) or not isinstance(version, (int, float)):  # `true` is no version
+        return _wrong("schema_version", "an integer", version)  # 1.0 is JSON's integer 1, as in the schema
     if version != SCHEMA_VERSION:
         return EventError("unknown_schema_version", f"schema_version {version!r} is not {SCHEMA_VERSION}",
                           "schema_version")

@@ -62,7 +62,7 @@ def test_redis_push_and_read_back(redis_store):
     store, _ = redis_store
     push_scores(store, pd.DataFrame({
         "user_id": ["u000003"], "session_id": ["s9"], "model_version": ["v7"], "probabilities": [[0.25, 0.75]],
-        "predicted_keys": [["q01=o2"]], "event_timestamp": [NOW]}))
+        "predicted_keys": [["q01=o2"]], "completed_at": [NOW], "event_timestamp": [NOW]}))
     got = latest_scores(store, ["u000003"])
     assert got["session_id"] == ["s9"] and got["model_version"] == ["v7"]
 

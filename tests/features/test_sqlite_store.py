@@ -179,6 +179,7 @@ def test_scores_pushed_are_read_back_latest_first(sqlite_store):
         "predicted_keys": [["q01=o2"], ["q01=o2"], ["q01=o1"]],
         "event_timestamp": [NOW - timedelta(minutes=5), NOW - timedelta(minutes=4), NOW - timedelta(minutes=1)],
     })
+    frame["completed_at"] = frame["event_timestamp"] - timedelta(hours=1)
     push_scores(store, frame)
     got = latest_scores(store, ["u000001", "u000002", "nobody"])
     assert got["session_id"] == ["s3", "s2", None]

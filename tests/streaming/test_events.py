@@ -126,3 +126,34 @@ def test_dead_letters_keep_the_producers_own_headers_first():
     headers = dlq_headers(EventError("bad_json", "not valid JSON", ""), "in", 0, 7, original)
     assert headers[:2] == [("traceparent", b"00-abc-def-01"), ("tenant", b"t1")]
     assert [v for k, v in headers if k == "lantern.error.class"] == [b"bad_json"]  # fresh, not doubled
+
+
+def _documented_schemas() -> dict:
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "events.md").read_text()
+    blocks = [json.loads(b) for b in re.findall(r"```json\n(.*?)\n```", doc, re.S) if '"$schema"' in b]
+    return {b["title"]: b for b in blocks}
+
+
+def test_the_documented_schemas_match_what_the_code_reads_and_writes(small_ds, events):
+    from datetime import datetime, timezone
+
+    import jsonschema
+
+    schemas = _documented_schemas()
+    inputs, scores = schemas["survey.sessions.completed v1"], schemas["lantern.scores v1"]
+    for _, value in events[:50]:
+        jsonschema.validate(json.loads(value), inputs)  # what replay writes (skips as null included)
+    q = small_ds.questionnaire
+    event = parse_event(events[0][1], q)
+    now = datetime.now(timezone.utc)
+    probs = np.full(q.n_keys, 0.25, np.float32)
+    for gate in (0.3, None):  # a number, or null where the gate does not apply
+        jsonschema.validate(json.loads(score_bytes(event, probs, q, "v1", 0.4, ["engagement"], gate, now)), scores)
+    body = json.loads(events[0][1])
+    for bad in ({**body, "schema_version": True}, {**body, "answers": "x"}, {k: v for k, v in body.items() if k != "user_id"}):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(bad, inputs)
+        assert isinstance(parse_event(json.dumps(bad).encode(), q), EventError)  # the code refuses it too
