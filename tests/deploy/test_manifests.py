@@ -77,7 +77,8 @@ def test_scorer_app_args_and_user_config_match_the_code(apps):
     scorer = apps["lantern"]
     args = dict(scorer["args"])
     FeatureStoreConfig(**args.pop("features"))  # every key a FeatureStoreConfig field
-    args.pop("threshold")
+    assert "threshold" not in args  # each version's tuned threshold, not one pinned for all
+    assert 0 <= float(args.pop("abstain_below")) < 1
     assert set(args) <= {f.name for f in fields(ServeConfig)}
     (dep,) = scorer["deployments"]
     user_config = dep["user_config"]
