@@ -94,7 +94,8 @@ def topic_reasons(cfg: KafkaConfig, topic: str) -> dict[str, int]:
     """Every record of ``topic`` (read from the start, no group) counted by its error-class header."""
     from kafka import KafkaConsumer
 
-    from streaming.kafka_io import assign_from_start, log_ends
+    from streaming.kafka_io import assign_from_start
+    from streaming.partitions import log_ends
 
     consumer = KafkaConsumer(enable_auto_commit=False, **cfg.client_options())
     try:

@@ -23,7 +23,8 @@ def kafka_status(cfg: KafkaConfig, timeout_ms: int = 3000) -> dict:
     from kafka import KafkaAdminClient, KafkaConsumer
     from kafka.errors import KafkaError
 
-    from streaming.kafka_io import log_ends, topic_partitions
+    from streaming.kafka_io import topic_partitions
+    from streaming.partitions import log_ends
 
     try:
         admin = KafkaAdminClient(request_timeout_ms=timeout_ms, **cfg.client_options())

@@ -17,6 +17,9 @@ class KafkaConfig:
     group_id: str = "lantern-scorer"
     max_poll_records: int = 256
     flush_timeout_s: float = 30.0  # a batch's outputs not acknowledged by then: not committed, retried
+    # a record batch the consumer cannot read at all (bad CRC, a codec it cannot decompress): "skip"
+    # logs, counts and commits past its offsets one by one; "stop" raises (the partition waits for a fix)
+    unreadable_batches: str = "skip"
     # kafka-python security options, passed through; never logged
     security_protocol: str = "PLAINTEXT"
     sasl_mechanism: str | None = None
@@ -25,6 +28,12 @@ class KafkaConfig:
     ssl_cafile: str | None = None
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
+
+    def __post_init__(self):
+        if self.unreadable_batches not in ("skip", "stop"):
+            from lantern.errors import ConfigError
+
+            raise ConfigError(f"kafka.unreadable_batches must be 'skip' or 'stop', got {self.unreadable_batches!r}")
 
     def client_options(self) -> dict:
         keys = ("security_protocol", "sasl_mechanism", "sasl_plain_username", "sasl_plain_password",

@@ -26,6 +26,7 @@ from streaming.broker import FAST_GROUP
 from streaming.codecs import check_codecs
 from streaming.config import KafkaConfig
 from streaming.events import dlq_headers
+from streaming.partitions import UNREADABLE, skip_unreadable
 from streaming.scoring import BatchScorer, Record
 
 
@@ -56,20 +57,6 @@ def assign_from_start(consumer: KafkaConsumer, topic: str) -> list[TopicPartitio
         consumer.assign(parts)
         consumer.seek_to_beginning(*parts)
     return parts
-
-
-def log_ends(consumer: KafkaConsumer, parts: list[TopicPartition], timeout_s: float = 5.0) -> dict[TopicPartition, int]:
-    """Each partition's log end from a fetch response's high watermark, right on any broker (the
-    embedded Tansu broker's ``ListOffsets(latest)`` answers the last batch's start + 1). Leaves
-    ``consumer`` assigned to ``parts``; where no fetch answers in time, ``ListOffsets`` is used."""
-    listed = consumer.end_offsets(parts)
-    consumer.assign(parts)
-    for tp in parts:
-        consumer.seek(tp, max(listed[tp] - 1, 0))  # inside the last batch: one small fetch
-    deadline = time.monotonic() + timeout_s
-    while any(consumer.highwater(tp) is None for tp in parts) and time.monotonic() < deadline:
-        consumer.poll(timeout_ms=200, max_records=1)
-    return {tp: max(consumer.highwater(tp) or 0, listed[tp]) for tp in parts}
 
 
 def replay(cfg: KafkaConfig, events: list[tuple[bytes, bytes]], rate: float | None = None,
@@ -113,6 +100,7 @@ class ScoreStats:
     dead_lettered: int = 0
     degraded_batches: int = 0
     batches: int = 0
+    skipped_unreadable: int = 0  # offsets moved past: records that could not be read at all
     latencies_s: list[float] = field(default_factory=list)  # per batch: poll → commit
 
 
@@ -171,7 +159,8 @@ class OutputsNotAcknowledged(LanternError):
 
 def consume_loop(cfg: KafkaConfig, group_id: str, handle: Callable[[list[Record]], Finish | None], stopper: Stopper,
                  max_events: int | None = None, idle_exit_s: float | None = None, log=lambda msg: None,
-                 topic: str | None = None, on_assigned: Callable[[], None] | None = None) -> int:
+                 topic: str | None = None, on_assigned: Callable[[], None] | None = None,
+                 on_skipped: Callable[[int], None] | None = None) -> int:
     """Poll ``topic`` (default: the input topic) → ``handle(records)`` → commit exactly those
     offsets once the batch's outputs are durable. Returns the number of records committed.
 
@@ -186,7 +175,13 @@ def consume_loop(cfg: KafkaConfig, group_id: str, handle: Callable[[list[Record]
 
     When finishing raises :class:`OutputsNotAcknowledged` (the broker is away) nothing more is
     committed: the consumer seeks back to the first uncommitted offsets and, after a backoff,
-    polls the same records again, so the loop rides out a broker outage without losing or skipping."""
+    polls the same records again, so the loop rides out a broker outage without losing or skipping.
+
+    A record batch that cannot be read at all (bad CRC, a codec that cannot decompress it) has no
+    bytes to dead-letter. With ``cfg.unreadable_batches == "skip"`` the loop finishes what is in
+    flight, then moves past it to the first readable offset and commits there, logging the range
+    and counting it (``on_skipped``, and in the return value): no partition stalls. ``"stop"``
+    raises instead."""
     check_codecs()  # before joining: a batch it cannot decompress must never reach poll()
     ensure_topics(cfg)
     consumer = KafkaConsumer(group_id=group_id, enable_auto_commit=False, auto_offset_reset="earliest",
@@ -219,7 +214,20 @@ def consume_loop(cfg: KafkaConfig, group_id: str, handle: Callable[[list[Record]
     idle_since, backoff_s = time.monotonic(), 0.5
     try:
         while not stopper.stopping and (max_events is None or consumed < max_events):
-            polled = consumer.poll(timeout_ms=0 if inflight.batches else 500)  # none waiting: finish the last
+            try:
+                polled = consumer.poll(timeout_ms=0 if inflight.batches else 500)  # none waiting: finish the last
+            except UNREADABLE as exc:
+                if cfg.unreadable_batches != "skip":
+                    raise
+                log(f"a record batch cannot be read ({exc!r})")
+                complete()  # what is in flight is finished and committed before moving past anything
+                skipped = skip_unreadable(consumer, cfg.client_options(), log)
+                consumed += skipped
+                if on_skipped is not None and skipped:
+                    on_skipped(skipped)
+                if not skipped:  # nothing unreadable at the positions now: a transient fault
+                    time.sleep(backoff_s)
+                continue
             if not polled and not inflight.batches:
                 if idle_exit_s is not None and time.monotonic() - idle_since > idle_exit_s:
                     break
@@ -310,8 +318,12 @@ class KafkaScorer(Stopper):
             return lambda: produce(records, pending.result(), t0)
 
         try:
+            def skipped(n: int) -> None:
+                stats.skipped_unreadable += n
+
             stats.consumed = consume_loop(self.cfg, self.cfg.group_id, handle, self, self.max_events,
-                                          self.idle_exit_s, self.log, on_assigned=self.assigned.set)
+                                          self.idle_exit_s, self.log, on_assigned=self.assigned.set,
+                                          on_skipped=skipped)
         finally:
             producer.close()
         return stats

@@ -121,7 +121,7 @@ def test_a_killed_lantern_broker_leaves_no_broker_behind():
 def test_log_ends_come_from_the_fetch_high_watermark():
     from kafka.structs import TopicPartition
 
-    from streaming.kafka_io import log_ends
+    from streaming.partitions import log_ends
 
     with embedded_broker() as broker:
         topic = f"ends-{uuid.uuid4().hex[:6]}"

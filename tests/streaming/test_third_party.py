@@ -114,3 +114,38 @@ def test_librdkafka_in_every_codec_scored_dead_lettered_and_committed(small_ds, 
     assert all(m.headers()[0] == TRACE for m in dead)  # the producer's own header, first
     assert sorted(m.value() for m in dead) == sorted(v for _, v, _ in bad)  # the original bytes
     assert committed(broker.bootstrap, cfg, cfg.partitions) == {p: ends.get(p, 0) for p in range(cfg.partitions)}
+
+
+@pytest.mark.slow
+def test_an_unreadable_batch_at_the_head_is_moved_past_after_a_restart(small_ds, broker, scorer, monkeypatch):  # noqa: F811
+    """gzip, then an lz4 batch this process cannot decompress, then gzip, on one partition: a scorer
+    set to stop halts at it (the old behaviour: stuck on every restart); restarted with the default
+    policy it skips exactly that batch's offsets, commits past them and scores the rest."""
+    from dataclasses import replace
+
+    from kafka import codec
+
+    import streaming.kafka_io as kafka_io
+
+    tag = uuid.uuid4().hex[:8]
+    cfg = KafkaConfig(bootstrap=broker.bootstrap, input_topic=f"in-{tag}", scores_topic=f"scores-{tag}",
+                      dlq_topic=f"dlq-{tag}", group_id=f"scorer-{tag}", partitions=1, max_poll_records=64)
+    ensure_topics(cfg)
+    events = sessions_to_events(small_ds.sessions.slice(0, 50))
+    produce(broker.bootstrap, cfg.input_topic, events[:20], "gzip")
+    produce(broker.bootstrap, cfg.input_topic, events[20:30], "lz4")
+    ends = produce(broker.bootstrap, cfg.input_topic, events[30:], "gzip")
+    monkeypatch.setattr(codec, "has_lz4", lambda: False)  # as if its library broke: lz4 batches are unreadable
+    monkeypatch.setattr(kafka_io, "check_codecs", lambda: None)
+
+    from streaming.partitions import UNREADABLE
+
+    with pytest.raises(UNREADABLE):
+        KafkaScorer(scorer, replace(cfg, unreadable_batches="stop"), max_events=50, idle_exit_s=20).run()
+    assert committed(broker.bootstrap, cfg, 1)[0] == 20  # the first batch went through, then it stopped
+
+    stats = KafkaScorer(scorer, cfg, max_events=30, idle_exit_s=20).run()
+    assert (stats.scored, stats.skipped_unreadable, stats.consumed) == (20, 10, 30)
+    assert committed(broker.bootstrap, cfg, 1) == {0: ends[0]} == {0: 50}
+    scored = {json.loads(m.value())["session_id"] for m in read_back(broker.bootstrap, cfg.scores_topic, 1, 40)}
+    assert scored == {json.loads(v)["session_id"] for _, v in events[:20] + events[30:]}
