@@ -209,30 +209,36 @@ def consume_loop(cfg: KafkaConfig, group_id: str, handle: Callable[[list[Record]
             log(f"batches in flight not finished before a rebalance ({exc!r}); they will be delivered again")
             inflight.batches.clear()
 
+    def move_past_unreadable(exc: Exception) -> None:
+        """Finish and commit what is in flight (a skip's commit must not pass an uncommitted batch),
+        then skip to the first readable offset; raises OutputsNotAcknowledged like ``complete``."""
+        nonlocal consumed
+        if cfg.unreadable_batches != "skip":
+            raise exc
+        log(f"a record batch cannot be read ({exc!r})")
+        complete()
+        skipped = skip_unreadable(consumer, cfg.client_options(), log)
+        consumed += skipped
+        if on_skipped is not None and skipped:
+            on_skipped(skipped)
+        if not skipped:  # nothing unreadable at the positions now: a transient fault
+            time.sleep(backoff_s)
+
     consumer.subscribe([topic or cfg.input_topic], listener=_CompleteOnRevoke(log, complete_before_revoke, on_assigned))
     previous = signal.signal(signal.SIGTERM, stopper.stop) if _main_thread() else None
     idle_since, backoff_s = time.monotonic(), 0.5
     try:
         while not stopper.stopping and (max_events is None or consumed < max_events):
             try:
-                polled = consumer.poll(timeout_ms=0 if inflight.batches else 500)  # none waiting: finish the last
-            except UNREADABLE as exc:
-                if cfg.unreadable_batches != "skip":
-                    raise
-                log(f"a record batch cannot be read ({exc!r})")
-                complete()  # what is in flight is finished and committed before moving past anything
-                skipped = skip_unreadable(consumer, cfg.client_options(), log)
-                consumed += skipped
-                if on_skipped is not None and skipped:
-                    on_skipped(skipped)
-                if not skipped:  # nothing unreadable at the positions now: a transient fault
-                    time.sleep(backoff_s)
-                continue
-            if not polled and not inflight.batches:
-                if idle_exit_s is not None and time.monotonic() - idle_since > idle_exit_s:
-                    break
-                continue
-            try:
+                try:
+                    polled = consumer.poll(timeout_ms=0 if inflight.batches else 500)  # none waiting: finish the last
+                except UNREADABLE as exc:
+                    move_past_unreadable(exc)
+                    continue
+                if not polled and not inflight.batches:
+                    if idle_exit_s is not None and time.monotonic() - idle_since > idle_exit_s:
+                        break
+                    continue
                 if polled:
                     records = [Record(tp.topic, tp.partition, m.offset, m.key, m.value, m.timestamp,
                                       tuple(m.headers or ())) for tp, msgs in polled.items() for m in msgs]
