@@ -154,8 +154,8 @@ def _setup(settings: LanternSettings, bench: StreamBench, root, log):
     store = fill_feature_store(s, ds)
     registry, _, _ = trained_registry(root, ds, s, log, preset=bench.preset)
     loaded = registry.load(None, str(resolve_device(s.serve.device)))  # the replicas' device: a GPU when there is one
-    threshold = tuned_threshold(loaded.meta) if s.demo.threshold is None else s.demo.threshold
-    scorer = BatchScorer(loaded.questionnaire, loaded.features, None, OnlineLookup(store), threshold)
+    scorer = BatchScorer(loaded.questionnaire, loaded.features, None, OnlineLookup(store),
+                         tuned_threshold(loaded.meta, s.demo.threshold))
     return s, ds, scorer, loaded.model.eval()
 
 

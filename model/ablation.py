@@ -18,10 +18,10 @@ from rich.table import Table
 from lantern.dataset.io import Dataset
 from model.evaluate import HiddenSet, evaluate, frequency_probs, predict
 from model.lantern import VARIANTS
-from model.metrics import Layout, tune_multi_threshold
-from model.quality import paired_difference, paired_macro_auc, quality_report, resamples, row_stats
 from model.checkpoint import build_model
 from model.data import model_config
+from model.metrics import Layout, decision_units, tune_multi_threshold
+from model.quality import paired_difference, paired_macro_auc, quality_report, resamples, row_stats
 from model.train import Prepared, TrainConfig, fit, prepare, resolve_device
 
 ABLATION = VARIANTS + ("logistic",)
@@ -138,8 +138,7 @@ def ablate(prep: Prepared, ds: Dataset, tc: TrainConfig, variants=ABLATION, trai
         "dataset": {"sessions": ds.sessions.num_rows, "questions": len(ds.questionnaire.questions),
                     "response_keys": ds.questionnaire.n_keys, "sources": names,
                     "rare_keys": int(prep.rare.sum()), "test_sessions": int(len(hs.y)),
-                    "hidden_decisions": int(row_stats(tasks["hidden"].probs[REFERENCE], hs.y, hs.loss_mask, layout,
-                                                      0.5, prep.rare)[:, 1].sum())},
+                    "hidden_decisions": int(decision_units(hs.y, hs.loss_mask, layout).sum())},
         "config": {k: v for k, v in tc.__dict__.items() if k != "variant"},
         "variants": results,
         "comparisons": {name: compare(task, prep, layout) for name, task in tasks.items()},

@@ -22,8 +22,11 @@ WEIGHTS, CONFIG, FEATURES, QUESTIONNAIRE, META = (
     "weights.pt", "config.json", "features.json", "questionnaire.json", "meta.json")
 
 
-def tuned_threshold(meta: dict, default: float = 0.5) -> float:
-    """The multi-select threshold tuned on validation data when the model was trained."""
+def tuned_threshold(meta: dict, override: float | None = None, default: float = 0.5) -> float:
+    """The multi-select threshold: ``override`` when given, else the one tuned on validation data
+    when the model was trained (``default`` for models saved before it was)."""
+    if override is not None:
+        return override
     return float(meta.get("training", {}).get("multi_threshold", default))
 
 

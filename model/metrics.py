@@ -55,31 +55,47 @@ def _prf(tp: float, n_pred: float, n_true: float) -> dict:
     return {"precision": precision, "recall": recall, "f1": f1, "support": int(n_true)}
 
 
+def _micro(pred: np.ndarray, y: np.ndarray, mask: np.ndarray) -> dict:
+    pred, truth = pred & mask, (y > 0) & mask
+    return _prf(float((pred & truth).sum()), float(pred.sum()), float(truth.sum()))
+
+
 def prf(probs: np.ndarray, y: np.ndarray, mask: np.ndarray, threshold: float = 0.5) -> dict:
     """Micro precision / recall / F1 with one threshold for every key, where ``mask`` is set."""
-    pred, truth = (probs >= threshold) & mask, (y > 0) & mask
-    return _prf(float((pred & truth).sum()), float(pred.sum()), float(truth.sum()))
+    return _micro(probs >= threshold, y, mask)
 
 
 def decision_f1(probs, y, mask, layout: Layout, multi_threshold: float) -> dict:
     """Micro precision / recall / F1 under the question-kind decision rules."""
-    pred, truth = decide(probs, layout, multi_threshold) & mask, (y > 0) & mask
-    return _prf(float((pred & truth).sum()), float(pred.sum()), float(truth.sum()))
+    return _micro(decide(probs, layout, multi_threshold), y, mask)
 
 
 def tune_multi_threshold(probs, y, mask, layout: Layout) -> float:
-    """The multi-select threshold with the best micro F1 on these (validation) sessions."""
-    scores = [decision_f1(probs, y, mask, layout, t)["f1"] for t in TUNING_GRID]
+    """The multi-select threshold with the best micro F1 on these (validation) sessions. The
+    single-select decisions do not depend on it: they are counted once, not once per grid point."""
+    truth = (y > 0) & mask
+    single = mask & layout.single[None, :]
+    chosen = decide(probs, layout) & single
+    tp_s, pred_s = float((chosen & truth).sum()), float(chosen.sum())
+    multi = mask & ~layout.single[None, :]
+    p_multi, t_multi = probs[multi], truth[multi]
+    n_true = float(truth.sum())
+    scores = [_prf(tp_s + float((t_multi & (p_multi >= t)).sum()), pred_s + float((p_multi >= t).sum()), n_true)["f1"]
+              for t in TUNING_GRID]
     return float(TUNING_GRID[int(np.argmax(scores))])
+
+
+def decision_units(y, mask, layout: Layout) -> np.ndarray:
+    """(N, K) one unit per hidden single-select question (at its chosen option) and per hidden
+    multi-select option: what log loss averages over."""
+    return np.where(layout.single[None, :], y > 0, True) & mask
 
 
 def _nll(probs, y, mask, layout: Layout) -> tuple[np.ndarray, np.ndarray]:
     """Per-entry negative log-likelihood and decision units (N, K), zero outside ``mask``."""
     p, t = np.clip(probs, EPS, 1 - EPS), y > 0
-    single = layout.single[None, :]
-    nll = np.where(t, -np.log(p), np.where(single, 0.0, -np.log1p(-p)))
-    units = np.where(single, t, True) & mask
-    return np.where(mask, nll, 0.0), units
+    nll = np.where(t, -np.log(p), np.where(layout.single[None, :], 0.0, -np.log1p(-p)))
+    return np.where(mask, nll, 0.0), decision_units(y, mask, layout)
 
 
 def log_loss(probs, y, mask, layout: Layout) -> float:

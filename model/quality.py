@@ -14,11 +14,12 @@ from model.metrics import (
     THRESHOLDS,
     Layout,
     _nll,
+    _prf,
     auc,
     average_precision,
     decide,
-    decision_f1,
     ece,
+    log_loss,
     ordinal_mae,
     per_key,
     prf,
@@ -69,8 +70,13 @@ def macro(metric, probs, y, mask) -> float:
 def quality_report(probs, y, mask, rare, layout: Layout, threshold: float) -> dict:
     """Every metric of one model on one hidden set; ``threshold`` is the multi-select threshold
     tuned on validation data."""
-    rare_mask, freq_mask = mask & rare[None, :], mask & ~rare[None, :]
-    sums = from_sums(row_stats(probs, y, mask, layout, threshold, rare).sum(0))
+    column_sums = row_stats(probs, y, mask, layout, threshold, rare).sum(0)
+    totals, sums = dict(zip(STATS, column_sums)), from_sums(column_sums)
+
+    def counted(prefix: str) -> dict:  # precision / recall / F1 from the same counts as the sums
+        return _prf(totals[f"{prefix}tp"], totals[f"{prefix}pred" if prefix else "n_pred"],
+                    totals[f"{prefix}true" if prefix else "n_true"])
+
     return {
         **{k: float(v) for k, v in sums.items()},
         "multi_threshold": threshold,
@@ -79,18 +85,13 @@ def quality_report(probs, y, mask, rare, layout: Layout, threshold: float) -> di
         "auc_micro": auc(probs, y, mask),
         "ece": ece(probs, y, mask),
         "ordinal_mae": ordinal_mae(probs, y, mask, layout),
-        "micro": decision_f1(probs, y, mask, layout, threshold),
-        "rare": decision_f1(probs, y, rare_mask, layout, threshold),
-        "frequent": decision_f1(probs, y, freq_mask, layout, threshold),
-        "rare_log_loss": float(_nll_mean(probs, y, rare_mask, layout)),
+        "micro": counted(""),
+        "rare": counted("rare_"),
+        "frequent": counted("freq_"),
+        "rare_log_loss": log_loss(probs, y, mask & rare[None, :], layout),
         "at_0.5": prf(probs, y, mask, 0.5),
         "thresholds": [{"threshold": t, **prf(probs, y, mask, t)} for t in THRESHOLDS],
     }
-
-
-def _nll_mean(probs, y, mask, layout) -> float:
-    nll, units = _nll(probs, y, mask, layout)
-    return nll.sum() / max(units.sum(), 1)
 
 
 def resamples(n: int, reps: int, seed: int) -> np.ndarray:

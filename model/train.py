@@ -61,16 +61,15 @@ class EarlyStopping:
     epochs without improvement (each of which also halves the learning rate)."""
 
     patience: int
-    best_loss: float = math.inf
-    best_epoch: int = 0
-    best_row: dict | None = None
+    best_row: dict | None = None  # the kept epoch's history row
     best_state: dict | None = None
     bad: int = 0
 
     def update(self, row: dict, model: nn.Module, sched) -> bool:
         """Record an epoch; returns True when training should stop."""
-        if row["val_loss"] < self.best_loss - 1e-5:
-            self.best_loss, self.best_epoch, self.best_row, self.bad = row["val_loss"], row["epoch"], row, 0
+        best_loss = math.inf if self.best_row is None else self.best_row["val_loss"]
+        if row["val_loss"] < best_loss - 1e-5:
+            self.best_row, self.bad = row, 0
             self.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             return False
         self.bad += 1
@@ -82,6 +81,12 @@ def batch_rows(tc: TrainConfig, n_train: int) -> int:
     """Rows per optimiser step: ``batch_size``, or fewer so that an epoch has ``min_batches`` steps
     (at least 16 rows)."""
     return max(16, min(tc.batch_size, n_train // max(tc.min_batches, 1)))
+
+
+def for_run(tc: TrainConfig, n_train: int) -> TrainConfig:
+    """``tc`` with this dataset's batch size and number of passes (``tc`` as asked is what a
+    training history records)."""
+    return replace(tc, batch_size=batch_rows(tc, n_train), epochs=tc.max_epochs(n_train))
 
 
 @dataclass
@@ -173,8 +178,7 @@ def fit(prep: Prepared, tc: TrainConfig, progress: bool = True,
     device = resolve_device(tc.device)
     model = build_model(model_config(prep.dataset.questionnaire, prep.features, tc.variant, tc.preset)).to(device)
     train = prep.data.take(prep.train_idx)
-    # tc as asked is what the history records; this run's batch size and number of passes
-    run_tc = replace(tc, batch_size=batch_rows(tc, len(train)), epochs=tc.max_epochs(len(train)))
+    run_tc = for_run(tc, len(train))
     steps = math.ceil(len(train) / run_tc.batch_size)
     opt, sched = make_optimizer(model, run_tc, steps)
     rng = np.random.default_rng(tc.seed)

@@ -25,7 +25,7 @@ def local_scorer_factory(model: Path, device_pref: str, features_cfg, use_featur
             client = OnlineLookup(open_store(features_cfg))
         version = loaded.meta.get("version", model.name)
         return BatchScorer(loaded.questionnaire, loaded.features, InProcessPredictor(loaded.model, version, device),
-                           client, tuned_threshold(loaded.meta) if threshold is None else threshold,
+                           client, tuned_threshold(loaded.meta, threshold),
                            abstain_below=abstain_below)
     return make
 

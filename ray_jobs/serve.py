@@ -75,9 +75,9 @@ class LanternScorer:
     def _load(self, version: str | None) -> Served:
         loaded = self.registry.load(version, str(self.device))
         version = loaded.meta.get("version", version)
-        threshold = tuned_threshold(loaded.meta) if self.threshold is None else self.threshold
         return Served(version, loaded.model, BatchScorer(loaded.questionnaire, loaded.features, None, self.features,
-                                                         threshold, abstain_below=self.abstain_below))
+                                                         tuned_threshold(loaded.meta, self.threshold),
+                                                         abstain_below=self.abstain_below))
 
     def reconfigure(self, config: dict) -> None:
         """user_config: batching knobs and the model version. In-flight requests keep the version

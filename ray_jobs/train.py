@@ -147,7 +147,7 @@ def retrain(ds, tc: TrainConfig, rc: RetrainConfig, sources=None, log=print, pro
     from model.checkpoint import build_model
     from model.data import model_config
     from model.metrics import Layout
-    from model.train import batch_rows, prepare
+    from model.train import for_run, prepare
     from ray_jobs.encoded import shapes, write_encoded
 
     _check_resources(rc, log)
@@ -155,8 +155,7 @@ def retrain(ds, tc: TrainConfig, rc: RetrainConfig, sources=None, log=print, pro
     t0 = time.perf_counter()
     prep = prepare(ds, tc, sources=sources)
     train = prep.data.take(prep.train_idx)
-    # the same steps per epoch and passes as one process
-    tc = replace(tc, batch_size=batch_rows(tc, len(train)), epochs=tc.max_epochs(len(train)))
+    tc = for_run(tc, len(train))  # the same steps per epoch and passes as one process
     storage = Path(rc.storage).resolve()
     encoded = write_encoded(train, storage / rc.run_name / "encoded" / "train.parquet")
     rows = len(train) // rc.num_workers
