@@ -33,6 +33,8 @@ servers:
 	@redis-server --version
 
 test: $(STAMP) servers
+	@# the layers contract (pyproject.toml): a wrong-way import fails here
+	$(VENV)/bin/lint-imports --no-cache
 	@$(PY) -m pytest -q; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing on purpose"; exit 1; fi; exit $$rc
 

@@ -34,10 +34,10 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from features import vector
 from features.model_inputs import InputShaper
-from features.packing import CAT, NUM, SourceLayout, unpack, unpack_present
+from features.packing import CAT, NUM, SourceLayout, unpack
 from features.redis_pipe import HashFieldReader
-from features.repo import FEATURE_SERVICE, OFFLINE_DIR, VECTOR_FIELD, VECTOR_PUSH, VECTOR_VIEW
-from features.store import FeatureStoreConfig, FeatureStoreUnavailable, materialize, registered_layouts
+from features.repo import VECTOR_FIELD, VECTOR_VIEW
+from features.store import FeatureStoreUnavailable, registered_layouts
 from lantern.errors import ConfigError, LanternError
 from model.encoding import FeatureSpec, SourceArrays, shape_sources
 
@@ -325,66 +325,3 @@ def _epoch(ts) -> float:
         return float(ts)
     dt = ts if isinstance(ts, datetime) else datetime.fromisoformat(ts if isinstance(ts, str) else ts.decode())
     return (dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).timestamp()
-
-
-def sdk_online_dict(store: FeatureStore, user_ids: list[str]) -> dict[str, list]:
-    """Feast's SDK call alone: `get_online_features` on the FeatureService, as a dict of lists."""
-    return store.get_online_features(features=store.get_feature_service(FEATURE_SERVICE),
-                                     entity_rows=[{"user_id": u} for u in user_ids],
-                                     full_feature_names=True).to_dict()
-
-
-def sdk_lookup(store: FeatureStore, user_ids: list[str], layouts: list[SourceLayout]) -> dict[str, SourceRows]:
-    """The same answer through Feast's SDK (`get_online_features` on the FeatureService)."""
-    result = sdk_online_dict(store, user_ids)
-    return {layout.name: SourceRows(*unpack_present(layout, {f: result[f"{layout.name}__{f}"]
-                                                           for f in layout.features}))
-            for layout in layouts}
-
-
-def sdk_model_inputs(store: FeatureStore, user_ids: list[str], layouts: list[SourceLayout],
-                     spec: FeatureSpec) -> dict[str, SourceArrays]:
-    """The model's external inputs through Feast's SDK: `get_online_features`, then shaped."""
-    rows = sdk_lookup(store, user_ids, layouts)
-    return shape_sources(spec, {n: (r.table, r.present) for n, r in rows.items()}, len(user_ids))
-
-
-def precompute(store: FeatureStore, user_ids: list[str], batch: int = 2048, log=None) -> int:
-    """Write every user's precomputed vector (all sources, per-source event times) online,
-    read back from the per-source views so it equals what they hold. Returns users written."""
-    import pandas as pd
-
-    lookup = OnlineLookup(store, use_vector=False)
-    written, stamp = 0, datetime.now(timezone.utc)
-    for start in range(0, len(user_ids), batch):
-        users = user_ids[start:start + batch]
-        per_source = lookup.lookup_views_raw(lookup.entity_keys(users))
-        rows = {name: table.to_pylist() for name, (table, _) in per_source.items()}
-        vectors = [vector.encode(lookup.layouts,
-                                 {n: rows[n][i] for n in rows if per_source[n][1][i] is not None},
-                                 {n: per_source[n][1][i] for n in rows})
-                   for i in range(len(users))]
-        frame = pd.DataFrame({"user_id": users, VECTOR_FIELD: vectors, "event_timestamp": stamp})
-        try:
-            store.push(VECTOR_PUSH, frame)
-        except (sqlite3.Error, ConnectionError, OSError) as exc:
-            raise FeatureStoreUnavailable(f"cannot write precomputed vectors: {exc}") from exc
-        written += len(users)
-    OnlineLookup(store).cover_vectors()
-    if log:
-        log(f"precomputed {written} user vectors")
-    return written
-
-
-def materialize_online(store: FeatureStore, cfg: FeatureStoreConfig, end=None, start=None, log=None) -> int:
-    """`lantern features materialize`: Feast's materialize of every source, then the vectors."""
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    materialize(store, cfg, end=end, start=start)
-    offline = Path(cfg.repo) / OFFLINE_DIR
-    users = set()
-    for layout in registered_layouts(store):
-        users.update(pc.unique(pq.read_table(offline / f"{layout.name}.parquet", columns=["user_id"])
-                               .column("user_id")).to_pylist())
-    return precompute(store, sorted(users), log=log)

@@ -22,11 +22,11 @@ from feast import FeatureStore
 from feast.data_source import PushMode
 from feast.repo_config import RepoConfig
 
-from features.config import PACKAGE_REPO, FeatureStoreConfig
 from features.packing import SourceLayout, pack, unpack_present
 from features.repo import FEATURE_SERVICE, LAYOUT_TAG, OFFLINE_DIR, SCORES_PUSH, SCORES_VIEW, VECTOR_VIEW, build_objects
 from lantern.dataset.io import Dataset
 from lantern.errors import LanternError
+from lantern.settings.features import PACKAGE_REPO, FeatureStoreConfig
 
 SCORES_SCHEMA = pa.schema([("user_id", pa.string()), ("event_timestamp", pa.timestamp("us", tz="UTC")),
                            ("session_id", pa.string()), ("model_version", pa.string()),

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.config import BASELINES, PRESETS, VARIANTS  # noqa: F401 - re-exported
+from lantern.settings.model import BASELINES, PRESETS, VARIANTS  # noqa: F401 - re-exported
 from model.wide import Wide
 
 

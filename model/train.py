@@ -20,8 +20,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lantern.dataset.io import Dataset
+from lantern.settings.model import TrainConfig
 from model.checkpoint import build_model
-from model.config import TrainConfig
 from model.data import (
     EncodedData,
     SourceRows,

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import ray
 
-from streaming.config import KafkaConfig
+from lantern.settings.kafka import KafkaConfig
 from streaming.kafka_io import KafkaScorer, ScoreStats
 
 

@@ -11,10 +11,11 @@ deleting the app stops each loop cleanly (``__del__``: finish the batch, commit,
 from __future__ import annotations
 
 import threading
+import time
 
 from ray import serve
 
-from streaming.config import KafkaConfig
+from lantern.settings.kafka import KafkaConfig
 from streaming.kafka_io import KafkaScorer
 
 CONSUMERS_APP = "lantern-consumers"
@@ -68,8 +69,17 @@ def app_builder(args: dict):
     keys are an error."""
     from dataclasses import asdict
 
-    from ray_jobs.config import config_from_args
+    from lantern.settings.serve import config_from_args
 
     args = dict(args)
     scorer_app = args.pop("scorer_app", "lantern")
     return StreamConsumer.bind(asdict(config_from_args(KafkaConfig, args, "Kafka")), scorer_app)
+
+
+def wait_assigned(handle, timeout_s: float = 60.0) -> None:
+    """Until every consumer of the consumers app (``handle``) holds its partitions."""
+    deadline = time.monotonic() + timeout_s
+    while not handle.ready.remote().result():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the scorer consumers got no partitions within {timeout_s:.0f} s")
+        time.sleep(0.2)

@@ -26,8 +26,8 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from lantern.settings.serve import ServeConfig, config_from_args
 from model.checkpoint import tuned_threshold
-from ray_jobs.config import ServeConfig, config_from_args
 from ray_jobs.registry import Registry
 from streaming.events import MAX_EVENT_BYTES
 from streaming.scoring import BatchScorer, Encoded, Prediction, Record, ScoredBatch, forward
@@ -65,9 +65,9 @@ class LanternScorer:
         self.abstain_below = abstain_below
         self.features = None
         if features is not None:  # the replica's own online lookup (features.lookup.OnlineLookup)
-            from features.config import FeatureStoreConfig
             from features.lookup import OnlineLookup
             from features.store import open_store
+            from lantern.settings.features import FeatureStoreConfig
 
             self.features = OnlineLookup(open_store(FeatureStoreConfig(**features)))
         self.served = self._load(model_version)
@@ -184,7 +184,7 @@ def app_builder(args: dict):
     RayService): ``args`` holds ServeConfig fields, plus ``features`` (FeatureStoreConfig fields;
     absent = no external context), ``threshold`` (multi-select; absent = each version's tuned one) and
     ``abstain_below`` (single-select). Unknown keys are an error."""
-    from features.config import FeatureStoreConfig
+    from lantern.settings.features import FeatureStoreConfig
 
     args = dict(args)
     features, threshold = args.pop("features", None), args.pop("threshold", None)

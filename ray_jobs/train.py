@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model.config import TrainConfig
-from ray_jobs.config import RetrainConfig
+from lantern.settings.model import TrainConfig
+from lantern.settings.serve import RetrainConfig
 
 STATE = "state.pt"
 
@@ -74,7 +74,8 @@ def _train_loop(config: dict) -> None:
         state = saved
 
     for epoch in range(state["epoch"], tc.epochs):
-        _maybe_fail(config, epoch, rank)
+        if config.get("before_epoch"):  # a test's hook (fault injection); None in production
+            config["before_epoch"](epoch, rank)
         t0 = time.perf_counter()
         rng = np.random.default_rng([tc.seed, rank, epoch])
         loss = train_epoch(model, opt, sched, data, key_question, worker_tc, rng, device, parent=parent)
@@ -98,13 +99,6 @@ def _report(row: dict, state: dict, core, opt, sched, rank: int) -> None:
         torch.save({**state, "model": core.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict()},
                    Path(d) / STATE)
         ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(d))
-
-
-def _maybe_fail(config: dict, epoch: int, rank: int) -> None:
-    marker = config.get("fail_marker")
-    if marker and epoch == config.get("fail_once_at_epoch") and rank == 0 and not Path(marker).exists():
-        Path(marker).touch()
-        raise RuntimeError(f"injected worker failure at epoch {epoch + 1}")
 
 
 @dataclass
@@ -136,9 +130,11 @@ def _check_resources(rc: RetrainConfig, log) -> None:
         log(f"waiting for {need:g} {kind}: {free:g} free now (other Ray work holds the rest)")
 
 
-def retrain(ds, tc: TrainConfig, rc: RetrainConfig, sources=None, log=print, progress: bool = False) -> RetrainResult:
+def retrain(ds, tc: TrainConfig, rc: RetrainConfig, sources=None, log=print, progress: bool = False,
+            before_epoch=None) -> RetrainResult:
     """Prepare on the driver, train on ``rc.num_workers`` Ray Train workers; the best epoch's model.
-    ``progress``: a bar in the driver that moves as the workers report epochs."""
+    ``progress``: a bar in the driver that moves as the workers report epochs. ``before_epoch(epoch,
+    rank)`` runs in every worker before each epoch (tests inject worker failures with it)."""
     import ray
     import ray.data
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -166,8 +162,7 @@ def retrain(ds, tc: TrainConfig, rc: RetrainConfig, sources=None, log=print, pro
             "train": tc, "model_config": cfg, "layout": shapes(train), "n_sources": len(train.sources),
             "rows_per_worker": rows, "val": ray.put(prep.val), "key_question": prep.key_question.tolist(),
             "parent": prep.parent.tolist(), "layout_q": Layout.of(ds.questionnaire),
-            "fail_once_at_epoch": rc.fail_once_at_epoch,
-            "fail_marker": str(storage / rc.run_name / "injected-failure") if rc.fail_once_at_epoch is not None else None,
+            "before_epoch": before_epoch,
         },
         scaling_config=ScalingConfig(num_workers=rc.num_workers, use_gpu=rc.use_gpu,
                                      resources_per_worker={"CPU": rc.cpus_per_worker}),
@@ -300,11 +295,3 @@ def register_retrained(settings, ds, result: RetrainResult, promote: bool, log=p
         out["promoted"] = decision.accepted
     return out
 
-
-if __name__ == "__main__":  # the Ray Job entry point: `ray job submit -- python -m ray_jobs.train ...`
-    import sys
-
-    from lantern.cli import main
-
-    sys.argv = ["lantern", "retrain", *sys.argv[1:]]
-    main()

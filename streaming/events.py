@@ -27,8 +27,6 @@ from lantern.dataset.validate import answers_problem
 
 SCHEMA_VERSION = 1
 MAX_EVENT_BYTES = 64 * 1024
-INPUT_TOPIC, SCORES_TOPIC = "survey.sessions.completed", "lantern.scores"
-DLQ_TOPIC = INPUT_TOPIC + ".dlq"
 
 
 @dataclass(frozen=True)

@@ -22,9 +22,8 @@ from kafka.structs import OffsetAndMetadata, TopicPartition
 from tqdm.auto import tqdm
 
 from lantern.errors import LanternError
-from streaming.broker import FAST_GROUP
+from lantern.settings.kafka import KafkaConfig
 from streaming.codecs import check_codecs
-from streaming.config import KafkaConfig
 from streaming.events import dlq_headers
 from streaming.partitions import UNREADABLE, skip_unreadable
 from streaming.scoring import BatchScorer, Record
@@ -185,7 +184,7 @@ def consume_loop(cfg: KafkaConfig, group_id: str, handle: Callable[[list[Record]
     check_codecs()  # before joining: a batch it cannot decompress must never reach poll()
     ensure_topics(cfg)
     consumer = KafkaConsumer(group_id=group_id, enable_auto_commit=False, auto_offset_reset="earliest",
-                             max_poll_records=cfg.max_poll_records, **FAST_GROUP, **cfg.client_options())
+                             max_poll_records=cfg.max_poll_records, **cfg.group_options(), **cfg.client_options())
     inflight, consumed = _InFlight(), 0
 
     def complete(keep: int = 0) -> None:

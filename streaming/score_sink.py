@@ -15,7 +15,7 @@ from datetime import datetime
 
 import pandas as pd
 
-from streaming.config import KafkaConfig
+from lantern.settings.kafka import KafkaConfig
 from streaming.events import decode_probabilities
 from streaming.scoring import Record
 

@@ -12,8 +12,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lantern.errors import LanternError
+from lantern.settings.kafka import DLQ_TOPIC, INPUT_TOPIC, SCORES_TOPIC
 from model.encoding import FeatureSpec, SourceArrays, shape_sources
-from streaming.events import DLQ_TOPIC, INPUT_TOPIC, SCORES_TOPIC, dlq_headers
+from streaming.events import dlq_headers
 from streaming.scoring import BatchScorer, Record, ScoredBatch
 
 

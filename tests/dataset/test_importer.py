@@ -94,7 +94,7 @@ def test_bad_exports_get_an_error_naming_what_is_wrong(tmp_path, change, spec, m
 def test_the_command_line_writes_a_dataset(bfi_csv, tmp_path):
     from typer.testing import CliRunner
 
-    from lantern.cli import app
+    from app.cli import app
 
     result = CliRunner().invoke(app, ["import", str(bfi_csv), "--out", str(tmp_path / "bfi"),
                                       "--items", ",".join(ITEMS), "--source", "demographics=gender,education,age",

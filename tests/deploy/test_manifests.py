@@ -12,12 +12,11 @@ import pytest
 import typer.main
 import yaml
 
-from features.config import FeatureStoreConfig
-from lantern.cli import app as cli_app
+from app.cli import app as cli_app
 from lantern.settings import load_settings
-from ray_jobs.config import ServeConfig
-from streaming.config import KafkaConfig
-from streaming.events import DLQ_TOPIC, INPUT_TOPIC, SCORES_TOPIC
+from lantern.settings.features import PACKAGE_REPO, FeatureStoreConfig
+from lantern.settings.kafka import DLQ_TOPIC, INPUT_TOPIC, SCORES_TOPIC, KafkaConfig
+from lantern.settings.serve import ServeConfig
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 COMMANDS = typer.main.get_command(cli_app).commands
@@ -134,9 +133,8 @@ def _env_settings(monkeypatch, env: dict):
 def test_rayjob_entrypoint_and_env_exist_in_the_code(monkeypatch):
     (job,) = kind("kuberay/rayjob-retrain.yaml", "RayJob")
     argv = shlex.split(job["spec"]["entrypoint"])
-    assert argv[:3] == ["python", "-m", "ray_jobs.train"]
-    assert "__main__" in (Path(importlib.import_module("ray_jobs.train").__file__).read_text())
-    _check_cli(["retrain", *argv[3:]])
+    assert argv[:2] == ["lantern", "retrain"]  # the image's console script
+    _check_cli(argv[1:])
     env = yaml.safe_load(job["spec"]["runtimeEnvYAML"])["env_vars"]
     s = _env_settings(monkeypatch, env)
     assert str(s.serve.registry) == env["LANTERN_SERVE__REGISTRY"] and s.features.online == "redis"
@@ -165,8 +163,7 @@ def test_feast_yaml_is_a_valid_redis_repo_config_matching_the_apps(apps):
     config = RepoConfig(repo_path=DEPLOY / "feast", **raw)
     assert config.online_store.type == "redis"
     assert raw["online_store"]["connection_string"] == apps["lantern"]["args"]["features"]["redis"]
-    assert raw["project"] == yaml.safe_load(
-        (Path(importlib.import_module("features.config").__file__).parent / "feature_store.yaml").read_text())["project"]
+    assert raw["project"] == yaml.safe_load((PACKAGE_REPO / "feature_store.yaml").read_text())["project"]
 
 
 def test_dockerfile_copies_every_package():

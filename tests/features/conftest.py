@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from features.lookup import materialize_online
+from features.online import materialize_online
 from features.store import FeatureStoreConfig, apply, open_store
 from lantern.dataset.io import Dataset
 from lantern.dataset.simulate import SimConfig, simulate

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from features.bench import bench_features
+from devtools.bench_features import bench_features
 from lantern.dataset.simulate import SimConfig, simulate
 
 

@@ -8,8 +8,8 @@ import shutil
 import pytest
 import redis
 
+from devtools.servers import free_port, redis_server
 from features.redis_pipe import HashFieldReader, RedisReplyError
-from lantern.servers import free_port, redis_server
 
 if shutil.which("redis-server") is None:  # make test installs it; say so loudly when it is missing
     pytest.skip("no redis-server binary on PATH (make test installs Debian's redis-server)", allow_module_level=True)

@@ -9,7 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.lookup import OnlineLookup, materialize_online, sdk_lookup, sdk_model_inputs
+from devtools.bench_features import sdk_lookup, sdk_model_inputs
+from devtools.servers import redis_server
+from features.lookup import OnlineLookup
+from features.online import materialize_online
 from features.store import (
     FeatureStoreConfig,
     FeatureStoreUnavailable,
@@ -19,7 +22,6 @@ from features.store import (
     push_scores,
     registered_layouts,
 )
-from lantern.servers import redis_server
 from tests.features.conftest import NOW, assert_same_inputs, model_specs
 
 if shutil.which("redis-server") is None:  # make test installs it; say so loudly when it is missing

@@ -10,7 +10,8 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from features.lookup import OnlineLookup, _vector_query, sdk_lookup, sdk_model_inputs
+from devtools.bench_features import sdk_lookup, sdk_model_inputs
+from features.lookup import OnlineLookup, _vector_query
 from features.store import (
     FeatureStoreUnavailable,
     latest_scores,

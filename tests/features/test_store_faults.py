@@ -16,9 +16,10 @@ import numpy as np
 import psutil
 import pytest
 
-from features.lookup import OnlineLookup, materialize_online
+from devtools.servers import redis_server
+from features.lookup import OnlineLookup
+from features.online import materialize_online
 from features.store import FeatureStoreConfig, apply, open_store
-from lantern.servers import redis_server
 from model.checkpoint import load_model
 from streaming.events import decode_probabilities, sessions_to_events
 from streaming.scoring import BatchScorer, InProcessPredictor

@@ -13,8 +13,8 @@ from datetime import datetime, timezone
 import numpy as np
 import pytest
 
-from lantern.bench_stream import _session_id, latency_figures, sustained_eps
-from lantern.stream_stages import STAGES, StageTimes
+from devtools.bench_stream import _session_id, latency_figures, sustained_eps
+from devtools.stream_stages import STAGES, StageTimes
 
 pytestmark = pytest.mark.slow
 
@@ -50,7 +50,7 @@ def test_bench_stream_end_to_end_with_one_and_two_actors(tmp_path):
     out = tmp_path / "bench_stream.json"
     env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP"}  # its own embedded broker
     env.update(LANTERN_PATHS__REPORTS=str(tmp_path / "reports"), COLUMNS="200")
-    run = subprocess.run([sys.executable, "-m", "lantern.cli", "bench", "stream", "--events", "1000",
+    run = subprocess.run([sys.executable, "-m", "app.cli", "bench", "stream", "--events", "1000",
                           "--actors", "1,2", "--latency-seconds", "2", "--json", str(out)],
                          env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from lantern.cli import main
+from app.cli import main
 
 
 def run(monkeypatch, capsys, *args):

@@ -57,7 +57,7 @@ def demo_env(tmp_path: Path) -> dict:
 
 
 def test_demo_runs_every_step_and_prints_what_it_reports(tmp_path):
-    run = subprocess.run([sys.executable, "-m", "lantern.cli", "demo"], env=demo_env(tmp_path),
+    run = subprocess.run([sys.executable, "-m", "app.cli", "demo"], env=demo_env(tmp_path),
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     assert_nothing_left(str(tmp_path))
@@ -73,7 +73,7 @@ def test_demo_runs_every_step_and_prints_what_it_reports(tmp_path):
     assert 0 < stream["latency_p50_ms"] <= stream["latency_p99_ms"]
     assert stream["with_external_context"] > stream["sessions_scored"] / 2  # features were found online
 
-    from lantern.report import PLOTS, headline
+    from app.report import PLOTS, headline
 
     markdown = (root / "summary.md").read_text()
     for label, value in headline(summary):
@@ -93,7 +93,7 @@ def test_demo_runs_every_step_and_prints_what_it_reports(tmp_path):
 def test_ctrl_c_leaves_no_process_behind(tmp_path):
     # as from a terminal: a runner started in the background (nohup, `cmd &`) hands its children
     # SIGINT ignored, and Python then never turns Ctrl-C into KeyboardInterrupt
-    proc = subprocess.Popen([sys.executable, "-m", "lantern.cli", "demo"], env=demo_env(tmp_path),
+    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "demo"], env=demo_env(tmp_path),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:

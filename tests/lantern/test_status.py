@@ -11,9 +11,9 @@ import uuid
 
 import pytest
 
-from lantern.servers import free_port
-from lantern.status import _refuses_connections, serve_status
-from streaming.broker import launch_broker
+from app.status import _refuses_connections, serve_status
+from devtools.broker import launch_broker
+from devtools.servers import free_port
 from streaming.kafka_io import KafkaConfig, Stopper, consume_loop, ensure_topics, replay
 from tests.features.conftest import recent_ds, sqlite_store  # noqa: F401  (shared fixtures)
 
@@ -36,7 +36,7 @@ def test_status_shows_topics_lag_store_registry_and_exits_6_without_serve(sqlite
                "LANTERN_KAFKA__SCORES_TOPIC": cfg.scores_topic, "LANTERN_KAFKA__DLQ_TOPIC": cfg.dlq_topic,
                "LANTERN_FEATURES__REPO": str(feast_cfg.repo), "COLUMNS": "220"}
         env["RAY_ADDRESS"] = f"127.0.0.1:{free_port()}"
-        run = subprocess.run([sys.executable, "-m", "lantern.cli", "status", "--registry", str(tmp_path / "reg")],
+        run = subprocess.run([sys.executable, "-m", "app.cli", "status", "--registry", str(tmp_path / "reg")],
                              env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 6, run.stdout + run.stderr  # no champion, no Ray: down, said so
     text = run.stdout

@@ -9,9 +9,9 @@ import uuid
 
 import pytest
 
+from devtools.broker import launch_broker
 from ray_jobs.actors import run_actors, total
 from ray_jobs.scorers import local_scorer_factory
-from streaming.broker import launch_broker
 from streaming.events import sessions_to_events
 from streaming.kafka_io import KafkaConfig, ensure_topics, replay
 from tests.streaming.test_kafka_scorer import read_all
@@ -74,6 +74,8 @@ def test_the_ray_job_entry_point_is_the_retrain_command():
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-m", "ray_jobs.train", "--help"], capture_output=True, text=True,
-                          timeout=120)
+    from pathlib import Path
+
+    lantern = Path(sys.executable).with_name("lantern")  # `ray job submit -- lantern retrain ...`
+    done = subprocess.run([str(lantern), "retrain", "--help"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "--archive" in done.stdout and "Ray Train" in done.stdout

@@ -12,10 +12,10 @@ import uuid
 import pytest
 from ray import serve
 
-from ray_jobs.config import ServeConfig
+from devtools.broker import launch_broker
+from lantern.settings.serve import ServeConfig
 from ray_jobs.registry import Registry
 from ray_jobs.serve import ServeScorer, build_app, feature_store_options
-from streaming.broker import launch_broker
 from streaming.events import sessions_to_events
 from streaming.kafka_io import KafkaConfig, KafkaScorer, replay
 from streaming.scoring import Record

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from lantern.settings.serve import RetrainConfig
 from model.evaluate import predict
 from model.train import TrainConfig, fit, prepare
-from ray_jobs.config import RetrainConfig
 from ray_jobs.train import retrain
 
 TC = TrainConfig(variant="lantern", epochs=3, batch_size=128, seed=5, patience=10)
@@ -41,9 +41,16 @@ def test_two_workers_match_single_process_training(ray_cluster, small_ds, single
 
 
 def test_a_worker_failure_resumes_from_the_last_checkpoint(ray_cluster, recent_ds, tmp_path):
-    rc = RetrainConfig(num_workers=2, storage=tmp_path, run_name="flaky", max_failures=1, fail_once_at_epoch=1)
-    result = retrain(recent_ds, TC, rc, log=lambda m: None)
-    assert (tmp_path / "flaky" / "injected-failure").exists()  # the failure happened (in epoch 2)
+    marker = tmp_path / "injected-failure"
+
+    def fail_once_in_epoch_2(epoch: int, rank: int) -> None:  # pickled by value into the workers
+        if epoch == 1 and rank == 0 and not marker.exists():
+            marker.touch()
+            raise RuntimeError("injected worker failure in epoch 2")
+
+    rc = RetrainConfig(num_workers=2, storage=tmp_path, run_name="flaky", max_failures=1)
+    result = retrain(recent_ds, TC, rc, log=lambda m: None, before_epoch=fail_once_in_epoch_2)
+    assert marker.exists()  # the failure happened (in epoch 2)
     assert [h["epoch"] for h in result.history] == [1, 2, 3]  # epoch 1 kept, not redone; nothing skipped
     assert result.best_val_f1 > 0
 

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from ray import serve
 
+from devtools.servers import free_port
 from features.lookup import OnlineLookup
-from lantern.servers import free_port
-from ray_jobs.config import ServeConfig
+from lantern.settings.serve import ServeConfig
 from ray_jobs.registry import Registry
 from streaming.events import decode_probabilities, sessions_to_events
 from streaming.scoring import BatchScorer, InProcessPredictor, Record
@@ -164,8 +164,8 @@ def test_hot_swap_under_concurrent_load_fails_no_request(served, recent_ds):
 
 
 def test_the_kafka_chain_through_serve_dead_letters_and_loses_nothing(served, recent_ds):
+    from lantern.settings.kafka import DLQ_TOPIC, SCORES_TOPIC
     from ray_jobs.serve import ServeScorer
-    from streaming.events import DLQ_TOPIC, SCORES_TOPIC
     from streaming.testing import MemorySink, memory_source, run_in_memory
 
     handle = served[0]

@@ -8,9 +8,9 @@ import os
 import pyarrow.compute as pc
 import pytest
 
+from devtools.broker import launch_broker
 from lantern.dataset.validate import validate_sessions
 from streaming.archive import read_archive, run_archive, write_partitioned
-from streaming.broker import launch_broker
 from streaming.events import parse_event, sessions_to_events
 from streaming.kafka_io import replay
 from tests.streaming.test_kafka_scorer import topics

@@ -15,7 +15,8 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 
-from streaming.broker import FAST_GROUP, docker_reachable, embedded_broker, launch_broker
+from devtools.broker import docker_reachable, embedded_broker, launch_broker
+from lantern.settings.kafka import KafkaConfig
 
 
 def round_trip(bootstrap: str, n: int = 200) -> int:
@@ -29,7 +30,7 @@ def round_trip(bootstrap: str, n: int = 200) -> int:
     producer.flush()
     producer.close()
     consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=f"g-{topic}", auto_offset_reset="earliest",
-                             enable_auto_commit=False, **FAST_GROUP)
+                             enable_auto_commit=False, **KafkaConfig().group_options())
     seen, deadline = set(), time.monotonic() + 30
     while len(seen) < n and time.monotonic() < deadline:
         for records in consumer.poll(500).values():

@@ -16,8 +16,8 @@ from contextlib import ExitStack
 
 import pytest
 
-from lantern.servers import free_port
-from streaming.broker import embedded_broker
+from devtools.broker import embedded_broker
+from devtools.servers import free_port
 from streaming.events import sessions_to_events
 from streaming.kafka_io import KafkaConfig, KafkaScorer, ensure_topics, replay
 from tests.streaming.test_kafka_scorer import read_all, scorer  # noqa: F401  (module fixture)

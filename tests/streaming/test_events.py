@@ -8,8 +8,8 @@ from datetime import datetime, timezone
 import numpy as np
 import pytest
 
+from lantern.settings.kafka import DLQ_TOPIC
 from streaming.events import (
-    DLQ_TOPIC,
     EventError,
     SessionEvent,
     decode_probabilities,

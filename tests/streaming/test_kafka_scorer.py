@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 from kafka import KafkaConsumer
 
+from devtools.broker import launch_broker
 from model.checkpoint import save_model
 from model.train import TrainConfig, fit, prepare
-from streaming.broker import launch_broker
 from streaming.events import decode_probabilities, sessions_to_events
 from streaming.kafka_io import KafkaConfig, KafkaScorer, OutputsNotAcknowledged, replay
 from streaming.scoring import BatchScorer, InProcessPredictor

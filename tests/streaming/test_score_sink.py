@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from kafka import KafkaProducer
 
+from devtools.broker import launch_broker
 from features.store import latest_scores
-from streaming.broker import launch_broker
 from streaming.events import SessionEvent, score_bytes
 from streaming.kafka_io import KafkaConfig, Stopper
 from streaming.score_sink import latest_per_user, run_score_sink, score_frame

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from lantern.settings.kafka import DLQ_TOPIC, SCORES_TOPIC
 from model.data import encode_sessions, to_batch
 from model.outputs import key_probs
 from model.train import TrainConfig, fit, prepare
-from streaming.events import DLQ_TOPIC, SCORES_TOPIC, decode_probabilities, sessions_to_events
+from streaming.events import decode_probabilities, sessions_to_events
 from streaming.scoring import BatchScorer, InProcessPredictor
 from streaming.testing import FakeFeatures, MemorySink, memory_source, run_in_memory
 

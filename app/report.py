@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lantern.cli_common import out
+from app.cli_common import out
 from model.ablation import PAPER_F1, print_table
 
 PLOTS = {

@@ -79,13 +79,13 @@ def _concurrent_rate(fn, batches, callers: int) -> float:
 
 
 def bench_serve(settings, users: int = 3000, rows: int = 4096, rounds: int = 3, log=print) -> dict:
-    import ray
     from ray import serve
 
-    from features.bench import historic_store
+    from devtools.bench_features import historic_store
     from features.lookup import OnlineLookup
     from lantern.dataset.simulate import simulate
     from model.checkpoint import tuned_threshold
+    from ray_jobs.cluster import connect, stop
     from ray_jobs.serve import ServeScorer, deploy, feature_store_options
     from streaming.events import sessions_to_events
     from streaming.scoring import BatchScorer, InProcessPredictor, Record
@@ -105,7 +105,7 @@ def bench_serve(settings, users: int = 3000, rows: int = 4096, rounds: int = 3, 
         local = BatchScorer(loaded.questionnaire, loaded.features, InProcessPredictor(loaded.model, "v0001"),
                             OnlineLookup(store), tuned_threshold(loaded.meta))
         cfg = replace(settings.serve, registry=root / "registry", min_replicas=1, max_replicas=1, num_cpus=1)
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        connect(None, num_cpus=2)
         try:
             remote = ServeScorer(deploy(cfg, features=feature_store_options(fcfg), http=False))
             result = {"users": users, "torch_threads": 1, "replicas": 1, "max_batch_size": cfg.max_batch_size,
@@ -128,7 +128,7 @@ def bench_serve(settings, users: int = 3000, rows: int = 4096, rounds: int = 3, 
                     f"4 callers {row['serve_rows_per_s_4_callers']:.0f} rows/s")
         finally:
             serve.shutdown()
-            ray.shutdown()
+            stop()
     return result
 
 
@@ -136,13 +136,12 @@ def bench_train(settings, users: int = 5000, epochs: int = 6, log=print) -> dict
     """Samples/s of Ray Train (2 workers × 1 CPU, DDP) vs the single-process loop (2 torch threads:
     the machine's two cores either way), same data, split, epochs; both include each epoch's
     validation pass. Also the end-to-end time of the Ray run (start-up, encoding, data shards)."""
-    import ray
-
     from lantern.dataset.simulate import simulate
+    from lantern.settings.serve import RetrainConfig
     from model.evaluate import predict
     from model.metrics import prf
     from model.train import fit, prepare
-    from ray_jobs.config import RetrainConfig
+    from ray_jobs.cluster import connect, stop
     from ray_jobs.train import retrain
 
     ds = simulate(replace(settings.simulate, users=users))
@@ -156,14 +155,14 @@ def bench_train(settings, users: int = 5000, epochs: int = 6, log=print) -> dict
     single_sps = n_train * len(history["history"]) / single_s
     single_f1 = prf(predict(model, prep.test), prep.test.y, prep.test.loss_mask)["f1"]
     log(f"single process: {single_sps:.0f} samples/s ({single_s:.1f} s, test F1 {single_f1:.4f})")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    connect(None, num_cpus=2)
     try:
         with tempfile.TemporaryDirectory(prefix="lantern-bench-train-") as tmp:
             t0 = time.perf_counter()
             result = retrain(ds, tc, RetrainConfig(num_workers=2, storage=Path(tmp), run_name="bench"), log=log)
             ray_total_s = time.perf_counter() - t0
     finally:
-        ray.shutdown()
+        stop()
     ray_sps = float(np.mean([h["samples_per_s"] for h in result.history]))
     ray_f1 = prf(predict(result.model, result.prepared.test), result.prepared.test.y,
                  result.prepared.test.loss_mask)["f1"]

@@ -58,7 +58,6 @@ class RetrainConfig:
     storage: Path = Path("reports/ray_train")  # Ray Train run storage (checkpoints, encoded rows)
     run_name: str = "lantern-retrain"  # rerunning with the same name resumes from its last checkpoint
     max_failures: int = 1  # worker failures survived per run, each resumed from the last checkpoint
-    fail_once_at_epoch: int | None = None  # testing: one injected worker failure (marker file in storage)
 
     def __post_init__(self):
         if self.num_workers < 1:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from streaming.config import KafkaConfig
+from lantern.settings.kafka import KafkaConfig
 from streaming.scoring import BatchScorer, Encoded, Prediction, Record
 
 STAGES = ("consume", "parse", "features", "encode", "model", "produce")

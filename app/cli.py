@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from lantern.cli_common import BootstrapOpt, ConfigOpt, console, out, settings_for
+from app.cli_common import BootstrapOpt, ConfigOpt, console, out, settings_for
 from lantern.errors import LanternError
 
 app = typer.Typer(help="lantern — streaming scoring for survey-fusion models.", no_args_is_help=True,
@@ -150,9 +150,8 @@ def bench_quality(
 ):
     """Train and evaluate every variant plus the logistic baseline on one split; print the ablation."""
     from lantern.dataset.io import load_dataset
-    from model.ablation import print_table, run_ablation, write_result
-
     from lantern.dataset.oracle import Truth
+    from model.ablation import print_table, run_ablation, write_result
 
     s = settings_for(ctx, paths=dict(data=data), train=dict(epochs=epochs, preset=preset))
     result = run_ablation(load_dataset(s.paths.data), s.train, log=console.print, truth=Truth.load(s.paths.data))
@@ -172,8 +171,8 @@ def demo(
 ):
     """The whole system on embedded defaults: broker → simulate → Feast → Ray Train → Ray Serve →
     replay through Kafka → scores to Kafka and Feast → ablation → reports/demo/."""
-    from lantern.cli_common import kafka_overrides
-    from lantern.demo import run_demo
+    from app.cli_common import kafka_overrides
+    from app.demo import run_demo
 
     s = settings_for(ctx, demo=dict(users=users, epochs=epochs, sessions=sessions, rate=rate))
     run_demo(s, kafka_overrides(bootstrap)["bootstrap"])  # None: the demo starts a broker
@@ -191,8 +190,8 @@ def status(
     Exit code 6 when any of them is down or missing."""
     from rich.table import Table
 
-    from lantern.cli_common import kafka_overrides, resolve_ray_address
-    from lantern.status import feast_status, kafka_status, registry_status, serve_status
+    from app.cli_common import kafka_overrides, resolve_ray_address
+    from app.status import feast_status, kafka_status, registry_status, serve_status
 
     s = settings_for(ctx, kafka=kafka_overrides(bootstrap), serve=dict(registry=registry))
     sections = {"Kafka": kafka_status(s.kafka), "Feast": feast_status(s.features),
@@ -211,7 +210,7 @@ def status(
 
 
 def _register() -> None:
-    from lantern import cli_data, cli_features, cli_ray, cli_streaming
+    from app import cli_data, cli_features, cli_ray, cli_streaming
 
     app.command("import")(cli_data.import_cmd)
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-PACKAGE_REPO = Path(__file__).parent
+PACKAGE_REPO = Path(__file__).resolve().parents[2] / "features"  # the repo shipped with lantern
 
 
 @dataclass(frozen=True)

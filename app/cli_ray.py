@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from lantern.cli_common import console, out, resolve_ray_address, settings_for
+from app.cli_common import console, out, resolve_ray_address, settings_for
 
 RegistryOpt = Annotated[Optional[Path], typer.Option("--registry", help="Registry directory (default registry/).")]
 AddressOpt = Annotated[Optional[str], typer.Option(
@@ -40,11 +40,10 @@ def _follow(s, address: str | None) -> None:
     if not address:
         out.print("no --ray-address / $RAY_ADDRESS: the pointer moved; a running app follows on its next deploy")
         return
-    import ray
-
+    from ray_jobs.cluster import connect
     from ray_jobs.serve import deploy
 
-    ray.init(address=address, log_to_driver=False)
+    connect(address)
     deploy(s.serve)
     out.print(f"Serve app {s.serve.app_name!r} reconfigured to the champion")
 
@@ -77,13 +76,13 @@ def serve_cmd(ctx: typer.Context, registry: RegistryOpt = None, ray_address: Add
               use_features: Annotated[bool, typer.Option("--features/--no-features")] = True,
               run_for: Annotated[Optional[float], typer.Option(help="Stop after this many seconds.")] = None):
     """Run the LanternScorer Serve app (champion version): handle + POST /score + GET /healthz."""
-    import ray
     from ray import serve
 
+    from ray_jobs.cluster import connect, stop
     from ray_jobs.serve import deploy, feature_store_options
 
     s = settings_for(ctx, serve=dict(registry=registry, http_port=port))
-    ray.init(address=resolve_ray_address(ray_address), include_dashboard=False, log_to_driver=False)
+    connect(resolve_ray_address(ray_address))
     features = feature_store_options(s.features) if use_features else None
     deploy(s.serve, features=features)
     out.print(f"serving on http://{s.serve.http_host}:{s.serve.http_port}/score (Ctrl-C stops)")
@@ -95,14 +94,14 @@ def serve_cmd(ctx: typer.Context, registry: RegistryOpt = None, ray_address: Add
         pass
     finally:
         serve.shutdown()
-        ray.shutdown()
+        stop()
 
 
 def bench_serve_cmd(ctx: typer.Context, data: Annotated[Optional[Path], typer.Option(help="Dataset directory.")] = None,
                     json_out: Annotated[Path, typer.Option("--json")] = Path("reports/bench_serve.json"),
                     users: Annotated[int, typer.Option(help="Users to train the benchmark model on.")] = 3000):
     """Rows/s through Ray Serve (micro-batches 64/256/1024) vs the same model in process, and latency."""
-    from ray_jobs.bench import bench_serve
+    from devtools.bench_serve import bench_serve
 
     s = settings_for(ctx, paths=dict(data=data))
     result = bench_serve(s, users=users, log=console.print)
@@ -126,18 +125,17 @@ def retrain_cmd(ctx: typer.Context, data: Annotated[Optional[Path], typer.Option
                 promote: Annotated[bool, typer.Option(help="Promote the new version if it beats the champion.")] = False,
                 ray_address: AddressOpt = None):
     """Distributed retraining on Ray Train (DDP); the result becomes the next registry version."""
-    import ray
-
+    from ray_jobs.cluster import connect, stop
     from ray_jobs.train import retrain_and_register
 
     s = settings_for(ctx, paths=dict(data=data), serve=dict(registry=registry),
                      train=dict(epochs=epochs, variant=variant, preset=preset),
                      retrain=dict(num_workers=workers, use_gpu=gpu, run_name=run_name))
-    ray.init(address=resolve_ray_address(ray_address), include_dashboard=False, log_to_driver=False)
+    connect(resolve_ray_address(ray_address))
     try:
         result = retrain_and_register(s, archive, use_features, promote, log=console.print)
     finally:
-        ray.shutdown()
+        stop()
     out.print(json.dumps(result))
 
 
@@ -145,7 +143,7 @@ def bench_train_cmd(ctx: typer.Context, json_out: Annotated[Path, typer.Option("
                     users: Annotated[int, typer.Option(help="Simulated users.")] = 5000,
                     epochs: Annotated[int, typer.Option(min=1)] = 6):
     """Samples/s of Ray Train (2 workers, DDP) vs the plain single-process loop, same data and epochs."""
-    from ray_jobs.bench import bench_train
+    from devtools.bench_serve import bench_train
 
     s = settings_for(ctx)
     result = bench_train(s, users=users, epochs=epochs, log=console.print)

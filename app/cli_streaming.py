@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from lantern.cli_common import BootstrapOpt, console, kafka_overrides, out, resolve_ray_address, settings_for
+from app.cli_common import BootstrapOpt, console, kafka_overrides, out, resolve_ray_address, settings_for
 
 
 def broker(keep_logs: Annotated[bool, typer.Option(help="Keep the embedded broker's log (and its run "
@@ -22,7 +22,7 @@ def broker(keep_logs: Annotated[bool, typer.Option(help="Keep the embedded broke
     import signal
     import threading
 
-    from streaming.broker import launch_broker
+    from devtools.broker import launch_broker
 
     with launch_broker(os.environ.get("KAFKA_BOOTSTRAP"), keep_logs=keep_logs) as b:
         print(b.bootstrap, flush=True)  # stdout: the address alone, for scripts
@@ -94,9 +94,9 @@ def score(
                              f"(lantern register --model DIR, then lantern promote VERSION)")
         model = reg.path(reg.champion())
     if use_serve or ray_actors:
-        import ray
+        from ray_jobs.cluster import connect
 
-        ray.init(address=resolve_ray_address(ray_address), include_dashboard=False, log_to_driver=False)
+        connect(resolve_ray_address(ray_address))
     if use_serve:
         from ray import serve
 
@@ -171,7 +171,7 @@ def bench_stream_cmd(
     and each stage's own ceiling on the same messages."""
     import json
 
-    from lantern.bench_stream import StreamBench, run_bench_stream
+    from devtools.bench_stream import StreamBench, run_bench_stream
 
     s = settings_for(ctx)
     bench = StreamBench(events=events, actors=tuple(int(a) for a in actors.split(",")),

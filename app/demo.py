@@ -13,17 +13,18 @@ model registry, Ray Train storage) and is replaced on every run; the dataset goe
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import time
 import warnings
 from contextlib import ExitStack
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
-from lantern.cli_common import console
-from lantern.settings import LanternSettings
+from app.cli_common import console
+from lantern.settings import LanternSettings, local_run
+from ray_jobs.cluster import quiet, start_local
+from ray_jobs.cluster import stop as stop_ray
 
 
 class Steps:
@@ -44,34 +45,18 @@ class Steps:
             self._name = None
 
 
-def demo_settings(s: LanternSettings) -> LanternSettings:
-    """The demo's own registry and Ray Train storage under reports/demo/, epochs and users from ``s.demo``."""
-    root = s.paths.reports / "demo"
-    # The simulated timeline ends today, so replayed completions are recent; each user's external
-    # rows are one snapshot from before their first survey (up to ~6 months back), so the demo
-    # keeps them for demo.feature_ttl_days rather than the 90-day default.
-    start = (datetime.now(timezone.utc).date() - timedelta(days=150)).isoformat()
-    return s.model_copy(update={
-        "simulate": replace(s.simulate, users=s.demo.users, start=start),
-        "features": replace(s.features, repo=root / "feast", ttl_days=s.demo.feature_ttl_days),
-        "train": replace(s.train, epochs=s.demo.epochs),
-        "serve": replace(s.serve, registry=root / "registry"),
-        "retrain": replace(s.retrain, storage=root / "ray_train", run_name="demo"),
-    })
-
-
 def run_demo(settings: LanternSettings, bootstrap: str | None) -> dict:
     import feast  # noqa: F401 - imported first: Feast resets the DeprecationWarning filter on import
 
     warnings.filterwarnings("ignore", category=DeprecationWarning)  # libraries' notices, not the demo's
-    s = demo_settings(settings)
+    s = local_run(settings, settings.paths.reports / "demo")
     root = s.paths.reports / "demo"
     shutil.rmtree(root, ignore_errors=True)  # a fresh run: registry, checkpoints, report
     root.mkdir(parents=True)
     steps = Steps(7)
     t0 = time.perf_counter()
     with ExitStack() as stack:
-        from streaming.broker import launch_broker
+        from devtools.broker import launch_broker
 
         steps("broker")
         broker = stack.enter_context(launch_broker(bootstrap))
@@ -82,10 +67,10 @@ def run_demo(settings: LanternSettings, bootstrap: str | None) -> dict:
         ds = _simulate(s)
 
         steps("feature store")
-        store = fill_feature_store(s, ds)
+        store = _fill_feature_store(s, ds)
 
         steps("train with Ray Train")
-        start_local_ray(stack)
+        start_local(stack)
         trained, result = _train(s, ds, store)
 
         steps("deploy on Ray Serve")
@@ -98,13 +83,13 @@ def run_demo(settings: LanternSettings, bootstrap: str | None) -> dict:
         from lantern.dataset.oracle import simulate_truth
         from model.ablation import ABLATION, ablate
 
-        _stop_ray()  # frees the CPUs for the single-process fits
+        stop_ray()  # frees the CPUs for the single-process fits
         ablation = ablate(result.prepared, ds, s.train, ABLATION, trained={"lantern": trained}, log=console.print,
                           truth=simulate_truth(s.simulate))
 
         steps.done()
         console.rule("report")
-        from lantern.report import print_summary, write_report
+        from app.report import print_summary, write_report
 
         summary = _summary(s, broker, ds, result, streamed, ablation, steps.seconds, time.perf_counter() - t0)
         paths = write_report(root, summary, ablation, streamed)
@@ -124,41 +109,13 @@ def _simulate(s: LanternSettings):
     return ds
 
 
-def fill_feature_store(s: LanternSettings, ds):
-    from features.lookup import materialize_online
-    from features.store import apply, open_store
+def _fill_feature_store(s: LanternSettings, ds):
+    from features.lookup import fill_online
 
-    store = open_store(s.features)
-    layouts = apply(store, ds, s.features)
-    users = materialize_online(store, s.features)
-    console.print(f"applied {len(layouts)} source views + FeatureService lantern_v1 to {s.features.repo}; "
+    store, views, users = fill_online(s.features, ds)
+    console.print(f"applied {views} source views + FeatureService lantern_v1 to {s.features.repo}; "
                   f"materialized into {s.features.online}, {users} user vectors online")
     return store
-
-
-def start_local_ray(stack: ExitStack) -> None:
-    import ray
-    import ray.data  # noqa: F401 - Ray Data sets its loggers up on import: before _quiet_ray
-
-    stack.callback(_stop_ray)  # first: an interrupt inside ray.init must still stop what it started
-    # its own local Ray, whatever RAY_ADDRESS says: the demo's storage and registry are local paths
-    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
-             logging_level=logging.ERROR)
-    _quiet_ray()
-
-
-def _quiet_ray() -> None:
-    """The demo's own lines and bars say what Ray is doing."""
-    for name in ("ray", "ray.data", "ray.serve", "ray.train"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-
-
-def _stop_ray() -> None:
-    """The local Ray cluster, and with it Serve's controller and replicas (the consumers app is
-    deleted gracefully by the stream step before this); safe to call twice."""
-    import ray
-
-    ray.shutdown()
 
 
 def _train(s: LanternSettings, ds, store):
@@ -182,13 +139,13 @@ def _serve(s: LanternSettings) -> None:
     from ray_jobs.serve import deploy, feature_store_options
 
     deploy(s.serve, features=feature_store_options(s.features), threshold=s.demo.threshold, http=False)
-    _quiet_ray()  # Serve sets its own logger up when it starts
+    quiet()  # Serve sets its own logger up when it starts
     console.print(f"Serve app {s.serve.app_name!r}: champion from {s.serve.registry}, "
                   f"{s.serve.min_replicas}–{s.serve.max_replicas} replicas")
 
 
 def _stream(s: LanternSettings, kafka, ds, store):
-    from lantern.demo_stream import check_feast, stream, with_bad_events
+    from app.demo_stream import check_feast, stream, with_bad_events
     from streaming.events import in_completion_order, sessions_to_events
 
     sessions = in_completion_order(ds.sessions)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from streaming.config import KafkaConfig
+from lantern.settings.kafka import KafkaConfig
 
 KNOWN_GROUPS = ("lantern-scorer", "lantern-score-sink", "lantern-archive")
 
@@ -120,14 +120,15 @@ def _refuses_connections(address: str, timeout_s: float = 2.0) -> str | None:
 
 def serve_status(address: str | None, app_name: str, timeout_s: float = 10.0) -> dict:
     """The Serve applications on the Ray cluster at ``address`` and the version the scorer serves."""
-    import ray
     from ray import serve
+
+    from ray_jobs.cluster import connect, stop
 
     refused = address and _refuses_connections(address)
     if refused:
         return _section(False, f"no Ray cluster at {address}: {refused}")
     try:
-        ray.init(address=address or "auto", include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        connect(address or "auto", logging_level="ERROR")
     except (ConnectionError, RuntimeError, ValueError) as exc:
         return _section(False, f"no Ray cluster at {address or 'auto'}: {exc}")
     try:
@@ -143,4 +144,4 @@ def serve_status(address: str | None, app_name: str, timeout_s: float = 10.0) ->
     except Exception as exc:
         return _section(False, f"Serve on {address or 'auto'}: {exc}")
     finally:
-        ray.shutdown()
+        stop()

@@ -9,6 +9,8 @@ which only entry points call.
 from __future__ import annotations
 
 import tomllib
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +18,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from features.config import FeatureStoreConfig
 from lantern.dataset.simulate import SimConfig
 from lantern.errors import ConfigError
-from model.config import TrainConfig
-from ray_jobs.config import RetrainConfig, ServeConfig
-from streaming.config import KafkaConfig
+from lantern.settings.features import FeatureStoreConfig
+from lantern.settings.kafka import KafkaConfig
+from lantern.settings.model import TrainConfig
+from lantern.settings.serve import RetrainConfig, ServeConfig
 
 
 class Paths(BaseModel):
@@ -122,3 +124,19 @@ def _drop_unset(d: dict) -> dict:
         elif v is not None:
             out[k] = v
     return out
+
+
+def local_run(s: LanternSettings, root: Path) -> LanternSettings:
+    """A local end-to-end run's settings (the demo, the stream benchmark): its own Feast repo,
+    registry and Ray Train storage under ``root``, users and epochs from ``s.demo``."""
+    # The simulated timeline ends today, so replayed completions are recent; each user's external
+    # rows are one snapshot from before their first survey (up to ~6 months back), so the demo
+    # keeps them for demo.feature_ttl_days rather than the 90-day default.
+    start = (datetime.now(timezone.utc).date() - timedelta(days=150)).isoformat()
+    return s.model_copy(update={
+        "simulate": replace(s.simulate, users=s.demo.users, start=start),
+        "features": replace(s.features, repo=root / "feast", ttl_days=s.demo.feature_ttl_days),
+        "train": replace(s.train, epochs=s.demo.epochs),
+        "serve": replace(s.serve, registry=root / "registry"),
+        "retrain": replace(s.retrain, storage=root / "ray_train", run_name="demo"),
+    })

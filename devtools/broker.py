@@ -16,12 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from devtools.servers import free_port, spawn, stop, wait_for_port
 from lantern.errors import ConfigError
-from lantern.servers import free_port, spawn, stop, wait_for_port
-
-#: kafka-python's group join takes ~23 s against the embedded broker with default timeouts and
-#: ~3 s with these (measured); every consumer lantern creates uses them.
-FAST_GROUP = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000}
 
 
 @dataclass(frozen=True)

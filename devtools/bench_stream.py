@@ -6,7 +6,7 @@ On embedded defaults (the embedded broker, SQLite Feast store, Ray Serve on this
    register it (throughput does not depend on the weights; a fitted model scores like one, and
    the number of predicted keys sizes each score record);
 2. preload the completed-session events into an input topic at full rate;
-3. stage ceilings on those same messages (lantern/stream_stages.py);
+3. stage ceilings on those same messages (devtools/stream_stages.py);
 4. per scorer-actor count (``LanternScorer`` replicas, one ``StreamConsumer`` each): the
    consumers drain the preloaded topic; sustained throughput = scores after the first 5 %
    (warm-up) / the time they took, from the score records' timestamps;
@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 import numpy as np
 
 from lantern.settings import LanternSettings
-from streaming.config import KafkaConfig
+from lantern.settings.kafka import KafkaConfig
 
 WARMUP_FRACTION = 0.05
 SESSION_ID_FIELD = b'"session_id":"'  # score records are compact JSON (streaming.events.score_bytes)
@@ -110,8 +110,8 @@ def run_bench_stream(settings: LanternSettings, bench: StreamBench, bootstrap: s
     import feast  # noqa: F401 - imported first: Feast resets the DeprecationWarning filter on import
 
     warnings.filterwarnings("ignore", category=DeprecationWarning)  # libraries' notices, not the bench's
-    from lantern.demo import start_local_ray
-    from streaming.broker import launch_broker
+    from devtools.broker import launch_broker
+    from ray_jobs.cluster import start_local
 
     root = settings.paths.reports / "bench_stream"
     shutil.rmtree(root, ignore_errors=True)
@@ -126,7 +126,7 @@ def run_bench_stream(settings: LanternSettings, bench: StreamBench, bootstrap: s
         log(f"preloaded {len(events)} events at {replay_eps:,.0f}/s")
         stages = _measure_stages(kafka, "bench.sessions.1", len(events), scorer, model)
         log("stage ceilings (events/s): " + ", ".join(f"{k} {v:,.0f}" for k, v in stages.ceilings_eps().items()))
-        start_local_ray(stack)
+        start_local(stack)
         runs = {}
         for n in bench.actors:
             runs[n] = _run_actors(s, kafka, events, n, bench if n == bench.actors[0] else None, log)
@@ -136,22 +136,22 @@ def run_bench_stream(settings: LanternSettings, bench: StreamBench, bootstrap: s
 def _setup(settings: LanternSettings, bench: StreamBench, root, log):
     """Simulated users, their features online, a fitted registered model, and an in-process
     scorer on the same store and model (for the stage ceilings)."""
-    from features.lookup import OnlineLookup
+    from devtools.bench_serve import trained_registry
+    from features.lookup import OnlineLookup, fill_online
     from lantern.dataset.io import load_dataset, save_dataset
     from lantern.dataset.simulate import simulate
-    from lantern.demo import demo_settings, fill_feature_store
+    from lantern.settings import local_run
     from model.checkpoint import tuned_threshold
     from model.train import resolve_device
-    from ray_jobs.bench import trained_registry
     from streaming.scoring import BatchScorer
 
-    s = demo_settings(settings)
+    s = local_run(settings, root)
     s = s.model_copy(update={"simulate": replace(s.simulate, users=bench.events),
                              "features": replace(s.features, repo=root / "feast"),
                              "serve": replace(s.serve, registry=root / "registry")})
     save_dataset(simulate(s.simulate), root / "data")
     ds = load_dataset(root / "data")
-    store = fill_feature_store(s, ds)
+    store, _, _ = fill_online(s.features, ds)
     registry, _, _ = trained_registry(root, ds, s, log, preset=bench.preset)
     loaded = registry.load(None, str(resolve_device(s.serve.device)))  # the replicas' device: a GPU when there is one
     scorer = BatchScorer(loaded.questionnaire, loaded.features, None, OnlineLookup(store),
@@ -175,7 +175,7 @@ def _preload(kafka: KafkaConfig, topic: str, events) -> float:
 
 
 def _measure_stages(kafka: KafkaConfig, topic: str, n: int, scorer, model):
-    from lantern.stream_stages import measure_stages
+    from devtools.stream_stages import measure_stages
     from streaming.kafka_io import ensure_topics
 
     ensure_topics(replace(kafka, scores_topic="bench.produce"))
@@ -186,8 +186,7 @@ def _run_actors(s: LanternSettings, kafka: KafkaConfig, events, n: int, latency:
     """``n`` scorer replicas and ``n`` consumers drain a preloaded topic; then the latency loads."""
     from ray import serve
 
-    from lantern.demo_stream import wait_assigned
-    from ray_jobs.consumers import CONSUMERS_APP, build_consumers
+    from ray_jobs.consumers import CONSUMERS_APP, build_consumers, wait_assigned
     from ray_jobs.serve import deploy, feature_store_options
     from streaming.kafka_io import ensure_topics
 

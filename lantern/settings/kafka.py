@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from streaming.events import DLQ_TOPIC, INPUT_TOPIC, SCORES_TOPIC
+INPUT_TOPIC, SCORES_TOPIC = "survey.sessions.completed", "lantern.scores"
+DLQ_TOPIC = INPUT_TOPIC + ".dlq"
 
 
 @dataclass(frozen=True)
@@ -16,6 +17,11 @@ class KafkaConfig:
     partitions: int = 4
     group_id: str = "lantern-scorer"
     max_poll_records: int = 256
+    # group membership: a dead consumer's partitions move on after session_timeout_ms (6 s is the
+    # broker's usual minimum); kafka-python's defaults make a join take ~23 s on the embedded broker,
+    # these ~3 s (measured)
+    session_timeout_ms: int = 6000
+    heartbeat_interval_ms: int = 1000
     flush_timeout_s: float = 30.0  # a batch's outputs not acknowledged by then: not committed, retried
     # a record batch the consumer cannot read at all (bad CRC, a codec it cannot decompress): "skip"
     # logs, counts and commits past its offsets one by one; "stop" raises (the partition waits for a fix)
@@ -34,6 +40,10 @@ class KafkaConfig:
             from lantern.errors import ConfigError
 
             raise ConfigError(f"kafka.unreadable_batches must be 'skip' or 'stop', got {self.unreadable_batches!r}")
+
+    def group_options(self) -> dict:
+        """A consumer group member's timeouts (kafka-python's names)."""
+        return {"session_timeout_ms": self.session_timeout_ms, "heartbeat_interval_ms": self.heartbeat_interval_ms}
 
     def client_options(self) -> dict:
         keys = ("security_protocol", "sasl_mechanism", "sasl_plain_username", "sasl_plain_password",

@@ -12,14 +12,40 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.compute as pc
+from feast import FeatureStore
 
-from features.lookup import OnlineLookup, materialize_online, sdk_lookup, sdk_model_inputs, sdk_online_dict
+from devtools.servers import redis_server
+from features.lookup import OnlineLookup, SourceRows
+from features.online import materialize_online
+from features.packing import SourceLayout, unpack_present
+from features.repo import FEATURE_SERVICE
 from features.store import FeatureStoreConfig, apply, open_store, registered_layouts
 from lantern.dataset.io import Dataset
-from lantern.servers import redis_server
-from model.encoding import FeatureSpec
+from model.encoding import FeatureSpec, SourceArrays, shape_sources
 
 BATCHES = (1, 64, 256, 1024)
+
+
+def sdk_online_dict(store: FeatureStore, user_ids: list[str]) -> dict[str, list]:
+    """Feast's SDK call alone: `get_online_features` on the FeatureService, as a dict of lists."""
+    return store.get_online_features(features=store.get_feature_service(FEATURE_SERVICE),
+                                     entity_rows=[{"user_id": u} for u in user_ids],
+                                     full_feature_names=True).to_dict()
+
+
+def sdk_lookup(store: FeatureStore, user_ids: list[str], layouts: list[SourceLayout]) -> dict[str, SourceRows]:
+    """The same answer through Feast's SDK (`get_online_features` on the FeatureService)."""
+    result = sdk_online_dict(store, user_ids)
+    return {layout.name: SourceRows(*unpack_present(layout, {f: result[f"{layout.name}__{f}"]
+                                                           for f in layout.features}))
+            for layout in layouts}
+
+
+def sdk_model_inputs(store: FeatureStore, user_ids: list[str], layouts: list[SourceLayout],
+                     spec: FeatureSpec) -> dict[str, SourceArrays]:
+    """The model's external inputs through Feast's SDK: `get_online_features`, then shaped."""
+    rows = sdk_lookup(store, user_ids, layouts)
+    return shape_sources(spec, {n: (r.table, r.present) for n, r in rows.items()}, len(user_ids))
 
 
 def _seconds_per_call(fn, batches) -> float:

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from streaming.config import KafkaConfig
+from lantern.settings.kafka import KafkaConfig
 
 #: one of each way an event breaks the contract (the DLQ must get every one, with its reason)
 BAD_EVENT_KINDS = ("bad_json", "unknown_question", "missing_user_id", "bad_timestamp")
@@ -121,7 +121,7 @@ def stream(cfg: KafkaConfig, events: list[tuple[bytes, bytes]], ids: list, store
     """Consumers app up → score sink up → replay → wait for every valid session's score → stop all."""
     from ray import serve
 
-    from ray_jobs.consumers import CONSUMERS_APP, build_consumers
+    from ray_jobs.consumers import CONSUMERS_APP, build_consumers, wait_assigned
     from streaming.kafka_io import Stopper, ensure_topics, replay
     from streaming.score_sink import run_score_sink
 
@@ -153,14 +153,6 @@ def stream(cfg: KafkaConfig, events: list[tuple[bytes, bytes]], ids: list, store
     reasons = topic_reasons(cfg, cfg.dlq_topic)
     return StreamResult(len(events), sum(i is None for i in ids), scored, sum(reasons.values()), reasons,
                         int(scored["degraded"].sum()), seconds)
-
-
-def wait_assigned(handle, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not handle.ready.remote().result():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"the scorer consumers got no partitions within {timeout_s:.0f} s")
-        time.sleep(0.2)
 
 
 def _wait_scored(frames: list[pd.DataFrame], want: int, wait_s: float) -> None:

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from lantern.cli_common import OnlineOpt, RepoOpt, console, out, settings_for
+from app.cli_common import OnlineOpt, RepoOpt, console, out, settings_for
 
 
 def features_apply(ctx: typer.Context, data: Annotated[Optional[Path], typer.Option(help="Dataset directory.")] = None,
@@ -26,7 +26,7 @@ def features_apply(ctx: typer.Context, data: Annotated[Optional[Path], typer.Opt
 
 def features_materialize(ctx: typer.Context, repo: RepoOpt = None, online: OnlineOpt = None):
     """Load the last TTL window of every source online, then precompute each user's vector."""
-    from features.lookup import materialize_online
+    from features.online import materialize_online
     from features.store import open_store
 
     s = settings_for(ctx, features=dict(repo=repo, online=online))
@@ -60,7 +60,7 @@ def bench_features_cmd(
     stores: Annotated[str, typer.Option(help="Comma-separated: sqlite,redis")] = "sqlite,redis",
 ):
     """Online lookup rows/s: Feast SDK vs lantern's path, batches 1/64/256/1024, SQLite and Redis."""
-    from features.bench import bench_features
+    from devtools.bench_features import bench_features
     from lantern.dataset.io import load_dataset
 
     s = settings_for(ctx, paths=dict(data=data))

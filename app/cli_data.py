@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from lantern.cli_common import out
+from app.cli_common import out
 from lantern.errors import ConfigError
 
 

@@ -1,0 +1,1 @@
+"""Benchmarks and local dev servers (embedded broker, Redis): never imported by production code."""
