@@ -18,7 +18,7 @@ AddressOpt = Annotated[Optional[str], typer.Option(
 
 
 def _registry(ctx: typer.Context, registry: Path | None):
-    from ray_jobs.registry import Registry
+    from model.registry import Registry
 
     s = settings_for(ctx, serve=dict(registry=registry))
     return s, Registry(s.serve.registry)

@@ -86,7 +86,7 @@ def score(
     s = settings_for(ctx, kafka=kafka_overrides(bootstrap))
     if model is None and not use_serve:  # the Serve app loads the registry's champion itself
         from lantern.errors import ModelError
-        from ray_jobs.registry import Registry
+        from model.registry import Registry
 
         reg = Registry(s.serve.registry)
         if reg.champion() is None:

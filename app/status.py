@@ -88,7 +88,7 @@ def feast_status(cfg) -> dict:
 
 
 def registry_status(registry_root: Path) -> dict:
-    from ray_jobs.registry import Registry
+    from model.registry import Registry
 
     reg = Registry(registry_root)
     versions = reg.versions()

@@ -23,8 +23,8 @@ def trained_registry(root: Path, ds, settings, log, preset: str = "small", epoch
     """LANTERN (``preset``) fitted for ``epochs`` on ``ds``, registered and promoted as v0001 in
     ``root/registry``: a benchmark's model, trained enough to score like one."""
     from model.checkpoint import save_model
+    from model.registry import Registry
     from model.train import fit, prepare
-    from ray_jobs.registry import Registry
 
     tc = replace(settings.train, variant="lantern", preset=preset, epochs=epochs)
     prep = prepare(ds, tc)
@@ -40,8 +40,8 @@ def trained_registry(root: Path, ds, settings, log, preset: str = "small", epoch
 def half_precision_effect(model, hs, device: str = "cpu") -> dict:
     """Test-set F1 of the model under fp16 autocast vs fp32 (the Serve ``half`` switch). On a CPU
     this uses CPU fp16 kernels: a proxy for CUDA's, which also accumulate in fp32."""
+    from model.inference import forward
     from model.metrics import prf
-    from streaming.scoring import forward
 
     def probs(half: bool) -> np.ndarray:
         parts = []
@@ -85,10 +85,11 @@ def bench_serve(settings, users: int = 3000, rows: int = 4096, rounds: int = 3, 
     from features.lookup import OnlineLookup
     from lantern.dataset.simulate import simulate
     from model.checkpoint import tuned_threshold
+    from model.inference import InProcessPredictor
     from ray_jobs.cluster import connect, stop
     from ray_jobs.serve import ServeScorer, deploy, feature_store_options
     from streaming.events import sessions_to_events
-    from streaming.scoring import BatchScorer, InProcessPredictor, Record
+    from streaming.scoring import BatchScorer, Record
 
     torch.set_num_threads(1)  # the replica's share: one CPU, one torch thread
     ds = simulate(replace(settings.simulate, users=users))

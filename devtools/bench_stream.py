@@ -142,7 +142,7 @@ def _setup(settings: LanternSettings, bench: StreamBench, root, log):
     from lantern.dataset.simulate import simulate
     from lantern.settings import local_run
     from model.checkpoint import tuned_threshold
-    from model.train import resolve_device
+    from model.inference import resolve_device
     from streaming.scoring import BatchScorer
 
     s = local_run(settings, root)

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import torch
 
 from lantern.settings.kafka import KafkaConfig
-from streaming.scoring import BatchScorer, Encoded, Prediction, Record
+from model.inference import Prediction
+from streaming.scoring import BatchScorer, Encoded, Record
 
 STAGES = ("consume", "parse", "features", "encode", "model", "produce")
 
@@ -85,9 +86,9 @@ def measure_stages(cfg: KafkaConfig, topic: str, expected: int, scorer: BatchSco
     """Each stage alone over the same ``expected`` records of ``topic``, in micro-batches, on one
     core: the costs per event add up (:meth:`StageTimes.bound_eps`)."""
     from model.data import encode_sessions
+    from model.inference import forward
     from streaming.events import events_to_sessions
     from streaming.kafka_io import outputs_producer
-    from streaming.scoring import forward
 
     seconds: dict[str, float] = {}
     seconds["consume"], records = consume_all(cfg, topic, expected)

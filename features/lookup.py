@@ -37,8 +37,8 @@ from features.model_inputs import InputShaper
 from features.packing import CAT, NUM, SourceLayout, unpack
 from features.redis_pipe import HashFieldReader
 from features.repo import VECTOR_FIELD, VECTOR_VIEW
-from features.store import FeatureStoreUnavailable, registered_layouts
-from lantern.errors import ConfigError, LanternError
+from features.store import registered_layouts
+from lantern.errors import ConfigError, FeatureStoreUnavailable, LanternError
 from model.encoding import FeatureSpec, SourceArrays, shape_sources
 
 SQLITE_MMAP_BYTES = 1 << 30  # address space only; pages are shared with the OS cache

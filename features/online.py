@@ -14,12 +14,12 @@ from features.lookup import OnlineLookup
 from features.repo import OFFLINE_DIR, VECTOR_FIELD, VECTOR_PUSH
 from features.store import (
     FeatureStoreConfig,
-    FeatureStoreUnavailable,
     apply,
     materialize,
     open_store,
     registered_layouts,
 )
+from lantern.errors import FeatureStoreUnavailable
 
 
 def precompute(store: FeatureStore, user_ids: list[str], batch: int = 2048, log=None) -> int:

@@ -25,7 +25,7 @@ from feast.repo_config import RepoConfig
 from features.packing import SourceLayout, pack, unpack_present
 from features.repo import FEATURE_SERVICE, LAYOUT_TAG, OFFLINE_DIR, SCORES_PUSH, SCORES_VIEW, VECTOR_VIEW, build_objects
 from lantern.dataset.io import Dataset
-from lantern.errors import LanternError
+from lantern.errors import FeatureStoreUnavailable, LanternError
 from lantern.settings.features import PACKAGE_REPO, FeatureStoreConfig
 
 SCORES_SCHEMA = pa.schema([("user_id", pa.string()), ("event_timestamp", pa.timestamp("us", tz="UTC")),
@@ -36,11 +36,6 @@ VECTOR_SCHEMA = pa.schema([("user_id", pa.string()), ("event_timestamp", pa.time
                            ("vector", pa.binary())])
 LAYOUT_FILE = "layout.py"
 
-
-class FeatureStoreUnavailable(LanternError):
-    """The online store cannot be reached; ``__cause__`` holds the driver's error."""
-
-    exit_code = 5
 
 
 def open_store(cfg: FeatureStoreConfig) -> FeatureStore:

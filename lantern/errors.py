@@ -42,3 +42,10 @@ class ModelError(LanternError):
     """A model checkpoint is missing, incompatible with the data, or corrupt."""
 
     exit_code = 4
+
+
+class FeatureStoreUnavailable(LanternError):
+    """The online store cannot be reached; ``__cause__`` holds the driver's error. The one error
+    a scorer rides out (survey-only scores, flagged ``degraded``): any other stops it."""
+
+    exit_code = 5

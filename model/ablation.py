@@ -19,10 +19,11 @@ from lantern.dataset.io import Dataset
 from model.checkpoint import build_model
 from model.data import model_config
 from model.evaluate import HiddenSet, evaluate, frequency_probs, predict
+from model.inference import resolve_device
 from model.lantern import VARIANTS
 from model.metrics import Layout, decision_units, tune_multi_threshold
 from model.quality import paired_difference, paired_macro_auc, quality_report, resamples, row_stats
-from model.train import Prepared, TrainConfig, fit, prepare, resolve_device
+from model.train import Prepared, TrainConfig, fit, prepare
 
 ABLATION = VARIANTS + ("logistic",)
 REFERENCE, ORACLE = "answer_rates", "oracle"

@@ -1,6 +1,6 @@
 """A model version on disk: weights, model config, feature spec, questionnaire, metadata.
 
-This directory layout is also the model registry's version format (ray_jobs/registry.py).
+This directory layout is also the model registry's version format (model/registry.py).
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from torch import nn
 
 from lantern.dataset.questionnaire import Questionnaire
 from model.data import EncodedData, hide_questions, to_batch
+from model.inference import session_gate
 from model.metrics import Layout, summarise
 from model.outputs import key_probs
 from model.quality import quality_report
@@ -87,9 +88,8 @@ class Diagnostics:
         tok_gate = gate[..., None].expand_as(sel)
         picked = (sel > 0) & (sel <= self.q.n_keys) & mask[..., None] & has[:, None, None]  # options, not "none"
         self.key_gate.append((sel[picked].cpu().numpy() - 1, tok_gate[picked].float().cpu().numpy()))
-        m = mask.float()
-        has_tokens = has & (m.sum(1) > 0)
-        self.user_gate.append(((gate * m).sum(1) / m.sum(1).clamp_min(1))[has_tokens].float().cpu().numpy())
+        has_tokens = has & (mask.float().sum(1) > 0)
+        self.user_gate.append(session_gate(aux)[has_tokens].float().cpu().numpy())
         att, smask = aux["attention"], aux["survey_mask"].float()  # (B, Tq, Tk), (B, Tq)
         per_token = (att * smask[..., None]).sum(1) / smask.sum(1, keepdim=True)  # (B, Tk)
         per_source = torch.zeros(att.shape[0], len(self.sources), device=att.device)

@@ -35,14 +35,9 @@ from model.data import (
 )
 from model.encoding import FeatureSpec
 from model.evaluate import HiddenSet, hidden_set, predict, rare_keys
+from model.inference import resolve_device
 from model.metrics import Layout, decision_f1, log_loss, tune_multi_threshold
 from model.outputs import response_loss
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def validate(model: nn.Module, hs: HiddenSet, layout: Layout, device="cpu") -> dict:

@@ -12,8 +12,8 @@ def local_scorer_factory(model: Path, device_pref: str, features_cfg, use_featur
     """A picklable builder of the in-process scorer (runs in this process or in a Ray actor)."""
     def make():
         from model.checkpoint import load_model, tuned_threshold
-        from model.train import resolve_device
-        from streaming.scoring import BatchScorer, InProcessPredictor
+        from model.inference import InProcessPredictor, resolve_device
+        from streaming.scoring import BatchScorer
 
         device = resolve_device(device_pref)
         loaded = load_model(model, device)

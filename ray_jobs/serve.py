@@ -28,9 +28,10 @@ from starlette.responses import JSONResponse, Response
 
 from lantern.settings.serve import ServeConfig, config_from_args
 from model.checkpoint import tuned_threshold
-from ray_jobs.registry import Registry
+from model.inference import Prediction, forward
+from model.registry import Registry
 from streaming.events import MAX_EVENT_BYTES
-from streaming.scoring import BatchScorer, Encoded, Prediction, Record, ScoredBatch, forward
+from streaming.scoring import BatchScorer, Encoded, Record, ScoredBatch
 
 
 @dataclass
@@ -55,7 +56,7 @@ class LanternScorer:
     def __init__(self, registry: str, model_version: str | None = None, device: str = "auto", half: bool = False,
                  features: dict | None = None, threshold: float | None = None, threads: int = 1,
                  abstain_below: float = 0.0):
-        from model.train import resolve_device
+        from model.inference import resolve_device
 
         torch.set_num_threads(threads)  # the replica's CPU share (ray_actor_options num_cpus)
         self.registry = Registry(registry)

@@ -273,7 +273,7 @@ def register_retrained(settings, ds, result: RetrainResult, promote: bool, log=p
     from model.checkpoint import save_model
     from model.evaluate import predict
     from model.metrics import Layout, decision_f1
-    from ray_jobs.registry import Registry
+    from model.registry import Registry
 
     rc, prep = settings.retrain, result.prepared
     threshold = result.best["multi_threshold"]

@@ -67,7 +67,8 @@ def read_archive(root: str | Path) -> pa.Table:
 def run_archive(cfg, q: Questionnaire, out: Path, group_id: str = "lantern-archive", max_events: int | None = None,
                 idle_exit_s: float | None = None, log=lambda msg: None) -> tuple[int, int]:
     """The archive consumer group: (archived, skipped) sessions."""
-    from streaming.kafka_io import Stopper, consume_loop
+    from streaming.kafka_io import run_group
+    from streaming.loop import LoopOptions
 
     totals = [0, 0]
 
@@ -76,5 +77,5 @@ def run_archive(cfg, q: Questionnaire, out: Path, group_id: str = "lantern-archi
         totals[0] += archived
         totals[1] += skipped
 
-    consume_loop(cfg, group_id, handle, Stopper(), max_events, idle_exit_s, log)
+    run_group(cfg, group_id, handle, opts=LoopOptions(max_events, idle_exit_s, log=log))
     return totals[0], totals[1]

@@ -53,20 +53,43 @@ def latest_per_user(frame: pd.DataFrame, stored: dict | None = None) -> pd.DataF
     return latest[held.isna() | (latest["completed_at"] > held)]
 
 
+class FeastScoreSink:
+    """Score records → each user's latest score into the online ``lantern_scores`` view: ``write``
+    keeps the batch's newest score per user, ``flush`` pushes those newer than what the store holds.
+    ``on_batch`` sees every batch's decoded frame (the demo's latency figures)."""
+
+    def __init__(self, store, on_batch: Callable[[pd.DataFrame], None] | None = None):
+        self.store, self.on_batch, self.pending = store, on_batch, []
+
+    def write(self, batch: list[Record]) -> None:
+        frame = score_frame(batch)
+        self.pending.append(latest_per_user(frame))
+        if self.on_batch is not None:
+            self.on_batch(frame)
+
+    def flush(self) -> None:
+        from features.store import push_scores, stored_completions
+
+        if not self.pending:
+            return
+        latest = latest_per_user(pd.concat(self.pending, ignore_index=True))
+        self.pending = []
+        newer = latest_per_user(latest, stored_completions(self.store, latest["user_id"].tolist()))
+        if len(newer):
+            push_scores(self.store, newer[FEAST_COLUMNS])
+
+
 def run_score_sink(cfg: KafkaConfig, store, stopper, on_batch: Callable[[pd.DataFrame], None] | None = None,
                    max_events: int | None = None, idle_exit_s: float | None = None,
                    log=lambda msg: None, group_id: str = SINK_GROUP) -> int:
     """Consume the scores topic into the online store until stopped; returns records consumed."""
-    from features.store import push_scores, stored_completions
-    from streaming.kafka_io import consume_loop
+    from streaming.kafka_io import run_group
+    from streaming.loop import LoopOptions
+
+    sink = FeastScoreSink(store, on_batch)
 
     def handle(records: list[Record]) -> None:
-        frame = score_frame(records)
-        latest = latest_per_user(frame)
-        newer = latest_per_user(latest, stored_completions(store, latest["user_id"].tolist()))
-        if len(newer):
-            push_scores(store, newer[FEAST_COLUMNS])
-        if on_batch is not None:
-            on_batch(frame)
+        sink.write(records)
+        sink.flush()
 
-    return consume_loop(cfg, group_id, handle, stopper, max_events, idle_exit_s, log, topic=cfg.scores_topic)
+    return run_group(cfg, group_id, handle, stopper, LoopOptions(max_events, idle_exit_s, cfg.scores_topic, log))

@@ -5,7 +5,7 @@ one model call for the whole batch → encoded scores, plus dead letters for wha
 scored. Pluggable pieces:
 
 * a :class:`FeatureClient` (``features.lookup.OnlineLookup``, or ``streaming.testing.FakeFeatures``);
-* a :class:`Predictor` (the in-process model). With Ray Serve, each replica runs a BatchScorer
+* a :class:`Predictor` (``model.inference.InProcessPredictor``). With Ray Serve, each replica runs a BatchScorer
   (``encode`` → batched forward → ``finish``) and the consumer calls ``ray_jobs.serve.ServeScorer``,
   which has this class's ``score(records)``.
 """
@@ -19,14 +19,13 @@ from datetime import datetime, timezone
 from typing import Protocol
 
 import numpy as np
-import torch
 
 from lantern.dataset.questionnaire import Questionnaire
-from lantern.errors import LanternError
-from model.data import EncodedData, encode_sessions, to_batch
+from lantern.errors import FeatureStoreUnavailable
+from model.data import EncodedData, encode_sessions
 from model.encoding import FeatureSpec, SourceArrays
+from model.inference import Prediction
 from model.metrics import Layout, decide
-from model.outputs import key_probs
 from streaming.events import EventError, SessionEvent, events_to_sessions, parse_event, score_bytes
 
 
@@ -49,65 +48,9 @@ class FeatureClient(Protocol):
         ...
 
 
-@dataclass(frozen=True)
-class Prediction:
-    probs: np.ndarray  # (B, K) probability of every response key
-    gate: np.ndarray  # (B,) mean gate per session, NaN where not applicable
-    model_version: str  # the version that produced these rows
-
-
-class Predictor(Protocol):
+class Predictor(Protocol):  # model.inference.InProcessPredictor, ray_jobs.serve's replicas
     def predict(self, q_idx: np.ndarray, sel: np.ndarray, sources: list) -> Prediction:
         ...
-
-
-#: rows per forward chunk on a CPU: sessions sorted by length and cut into chunks, each padded
-#: only to its own longest session (half the survey tokens of a micro-batch are padding otherwise)
-CPU_CHUNK_ROWS = 64
-
-
-@torch.inference_mode()
-def forward(model: torch.nn.Module, q_idx: np.ndarray, sel: np.ndarray, sources: list,
-            device: torch.device, half: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Forward passes over encoded sessions → (probabilities (B, K), mean gate (B,)), in the
-    input's row order. On a CPU the rows go in length-sorted chunks (less padding); a GPU takes
-    the batch whole. ``half``: fp16 autocast (matmuls and attention in fp16, reductions in fp32)."""
-    n = len(q_idx)
-    if device.type != "cpu" or n <= CPU_CHUNK_ROWS:
-        return _forward_batch(model, q_idx, sel, sources, device, half)
-    order = np.argsort((q_idx > 0).sum(1), kind="stable")
-    probs, gate = np.empty((n, model.cfg.n_keys), np.float32), np.empty(n, np.float32)
-    for rows in np.array_split(order, -(-n // CPU_CHUNK_ROWS)):
-        probs[rows], gate[rows] = _forward_batch(model, q_idx[rows], sel[rows], [s.take(rows) for s in sources],
-                                                 device, half)
-    return probs, gate
-
-
-def _forward_batch(model, q_idx, sel, sources, device, half) -> tuple[np.ndarray, np.ndarray]:
-    batch = to_batch(q_idx, sel, sources, device)
-    with torch.autocast(device.type, dtype=torch.float16, enabled=half):
-        return _forward(model, batch, len(q_idx))
-
-
-def _forward(model: torch.nn.Module, batch, n: int) -> tuple[np.ndarray, np.ndarray]:
-    if getattr(model.cfg, "variant", "") == "lantern":
-        logits, aux = model(batch, return_aux=True, aux_attention=False)  # the gate only: fused attention
-        mask = aux["survey_mask"][:, 1:].float()
-        gate = (aux["gate"][:, 1:] * mask).sum(1) / mask.sum(1).clamp_min(1)
-        gate = torch.where(aux["has_external"], gate, torch.full_like(gate, float("nan")))
-    else:
-        logits, gate = model(batch), torch.full((n,), float("nan"))
-    return key_probs(logits, model.cfg).cpu().numpy(), gate.float().cpu().numpy()
-
-
-class InProcessPredictor:
-    """The model in this process: one forward pass per micro-batch, on the chosen device."""
-
-    def __init__(self, model: torch.nn.Module, model_version: str, device: str | torch.device = "cpu"):
-        self.model, self.model_version, self.device = model.eval(), model_version, torch.device(device)
-
-    def predict(self, q_idx, sel, sources) -> Prediction:
-        return Prediction(*forward(self.model, q_idx, sel, sources, self.device), self.model_version)
 
 
 @dataclass
@@ -162,13 +105,14 @@ class BatchScorer:
         """External inputs per source, and whether the store was unavailable (→ survey-only).
         An unavailable store is retried ``lookup_attempts`` times with exponential backoff; then
         the batch is scored survey-only and flagged ``degraded`` — never from made-up values.
-        The next batch asks the store again, so scoring recovers when it returns."""
+        The next batch asks the store again, so scoring recovers when it returns. Any other
+        error (a misconfigured store: ``ConfigError``) propagates and stops the scorer."""
         if self.features is None:
             return {}, False
         for attempt in range(self.lookup_attempts):
             try:
                 return self.features.model_inputs(user_ids, self.spec), False
-            except LanternError:  # FeatureStoreUnavailable
+            except FeatureStoreUnavailable:
                 if attempt < self.lookup_attempts - 1:
                     time.sleep(self.lookup_backoff_s * 2 ** attempt)
         return {}, True

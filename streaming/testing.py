@@ -1,6 +1,7 @@
-"""In-memory pieces so the whole scoring chain runs in fast unit tests (Bytewax's testing.py idea):
-records from a list, a sink that keeps what was produced, a feature client over tables, and a
-scorer that computes in another thread (what the Serve handle does, without Ray)."""
+"""In-memory pieces so the whole scoring loop — commits included — runs in fast unit tests
+(Bytewax's testing.py idea): records from a list, a consumer with kafka-python's surface over
+them, a sink that keeps what was produced, a feature client over tables, and a scorer that
+computes in another thread (what the Serve handle does, without Ray)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from kafka.structs import TopicPartition
 
-from lantern.errors import LanternError
-from lantern.settings.kafka import DLQ_TOPIC, INPUT_TOPIC, SCORES_TOPIC
+from lantern.errors import ConfigError, FeatureStoreUnavailable
+from lantern.settings.kafka import DLQ_TOPIC, INPUT_TOPIC, SCORES_TOPIC, KafkaConfig
 from model.encoding import FeatureSpec, SourceArrays, shape_sources
 from streaming.events import dlq_headers
+from streaming.loop import LoopOptions, Stopper, score_stream
 from streaming.scoring import BatchScorer, Record, ScoredBatch
+from streaming.sinks import OutputsNotAcknowledged
 
 
 def memory_source(values: list[tuple[bytes, bytes]], partitions: int = 1, topic: str = INPUT_TOPIC) -> list[Record]:
@@ -31,24 +35,98 @@ def memory_source(values: list[tuple[bytes, bytes]], partitions: int = 1, topic:
 
 @dataclass
 class MemorySink:
-    topics: dict[str, list[tuple[bytes | None, bytes, list]]] = field(default_factory=dict)
+    """Scores and dead letters kept per topic, as :class:`streaming.kafka_io.KafkaSink` would
+    produce them; visible only after ``flush``. ``refuse_flushes = n``: the next n flushes fail
+    (nothing of those batches is kept), like a broker that does not acknowledge."""
 
-    def send(self, topic: str, key: bytes | None, value: bytes, headers: list | None = None) -> None:
-        self.topics.setdefault(topic, []).append((key, value, headers or []))
+    topics: dict[str, list[tuple[bytes | None, bytes, list]]] = field(default_factory=dict)
+    refuse_flushes: int = 0
+    pending: list[tuple[str, bytes | None, bytes, list]] = field(default_factory=list)
+
+    def write(self, batch: ScoredBatch) -> None:
+        self.pending += [(SCORES_TOPIC, key, value, []) for key, value in batch.scores]
+        self.pending += [(DLQ_TOPIC, r.key, r.value, dlq_headers(e, r.topic, r.partition, r.offset, r.headers))
+                         for r, e in batch.dead]
+
+    def flush(self) -> None:
+        pending, self.pending = self.pending, []
+        if self.refuse_flushes > 0:
+            self.refuse_flushes -= 1
+            raise OutputsNotAcknowledged("memory sink: this flush is refused")
+        for topic, key, value, headers in pending:
+            self.topics.setdefault(topic, []).append((key, value, headers))
 
     def __getitem__(self, topic: str) -> list:
         return self.topics.get(topic, [])
 
 
-def run_in_memory(scorer: BatchScorer, records: list[Record], sink: MemorySink, batch_size: int = 64) -> MemorySink:
-    """What the Kafka scorer does per poll, minus Kafka: score, produce scores and dead letters."""
-    for start in range(0, len(records), batch_size):
-        result = scorer.score(records[start:start + batch_size])
-        for key, value in result.scores:
-            sink.send(SCORES_TOPIC, key, value)
-        for record, error in result.dead:
-            sink.send(DLQ_TOPIC, record.key, record.value,
-                      dlq_headers(error, record.topic, record.partition, record.offset, record.headers))
+@dataclass(frozen=True)
+class Message:
+    """What a consumer's poll returns per record (kafka-python's ConsumerRecord fields used)."""
+
+    offset: int
+    key: bytes | None
+    value: bytes
+    timestamp: int = -1
+    headers: tuple = ()
+
+
+class MemoryConsumer:
+    """A one-member consumer group over in-memory records with kafka-python's surface, for
+    :func:`streaming.loop.consume_loop`: ``poll`` hands out up to ``max_poll_records`` from each
+    partition's position, ``commit`` records offsets (``committed``), ``seek`` moves a position.
+    ``rebalance_at_poll = n``: the n-th poll first revokes and reassigns every partition through
+    the rebalance listener, and positions restart from the committed offsets, as in a group."""
+
+    def __init__(self, records: list[Record], max_poll_records: int = 64, rebalance_at_poll: int | None = None):
+        self.parts: dict[TopicPartition, list[Record]] = {}
+        for r in records:
+            self.parts.setdefault(TopicPartition(r.topic, r.partition), []).append(r)
+        self.position = {tp: rs[0].offset for tp, rs in self.parts.items()}
+        self.committed: dict[TopicPartition, int] = {}
+        self.max_poll_records, self.rebalance_at_poll, self.polls = max_poll_records, rebalance_at_poll, 0
+        self.listener, self.closed, self.commits = None, False, 0
+
+    def subscribe(self, topics: list[str], listener=None) -> None:
+        self.listener = listener
+        if listener is not None:
+            listener.on_partitions_assigned(set(self.parts))
+
+    def poll(self, timeout_ms: int = 0) -> dict[TopicPartition, list[Message]]:
+        self.polls += 1
+        if self.polls == self.rebalance_at_poll and self.listener is not None:
+            self.listener.on_partitions_revoked(set(self.parts))
+            self.position = {tp: self.committed.get(tp, rs[0].offset) for tp, rs in self.parts.items()}
+            self.listener.on_partitions_assigned(set(self.parts))
+        out, room = {}, self.max_poll_records
+        for tp, rs in self.parts.items():
+            start = self.position[tp] - rs[0].offset
+            take = rs[start:start + room]
+            if take:
+                out[tp] = [Message(r.offset, r.key, r.value, r.timestamp_ms, r.headers) for r in take]
+                self.position[tp] = take[-1].offset + 1
+                room -= len(take)
+        return out
+
+    def commit(self, offsets: dict) -> None:
+        self.commits += 1
+        for tp, meta in offsets.items():
+            self.committed[tp] = meta.offset
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.position[tp] = offset
+
+    def close(self, autocommit: bool = False) -> None:
+        self.closed = True
+
+
+def run_in_memory(scorer, records: list[Record], sink: MemorySink, batch_size: int = 64,
+                  consumer: MemoryConsumer | None = None) -> MemorySink:
+    """The scorer's whole loop (streaming.loop.score_stream: poll → score → write → flush →
+    commit) over a :class:`MemoryConsumer` of ``records``, until every record is committed."""
+    consumer = consumer or MemoryConsumer(records, batch_size)
+    cfg = KafkaConfig(max_poll_records=batch_size)
+    score_stream(consumer, scorer, sink, cfg, Stopper(), LoopOptions(max_events=len(records), idle_exit_s=5.0))
     return sink
 
 
@@ -61,10 +139,11 @@ class Rows:
 class FakeFeatures:
     """A feature client over contract tables: each user's latest row per source, as a
     materialized online store would hold it. ``down = True`` simulates an outage;
-    ``fail_next = n`` a transient one (the next n calls fail). ``calls`` counts lookups."""
+    ``fail_next = n`` a transient one (the next n calls fail); ``misconfigured = True`` a store
+    that is reachable but set up wrong. ``calls`` counts lookups."""
 
     def __init__(self, external: dict[str, pa.Table]):
-        self.down, self.fail_next, self.calls = False, 0, 0
+        self.down, self.fail_next, self.calls, self.misconfigured = False, 0, 0, False
         self.tables, self.latest = {}, {}
         for name, table in external.items():
             order = pc.sort_indices(table, [("user_id", "ascending"), ("event_timestamp", "ascending")])
@@ -74,11 +153,13 @@ class FakeFeatures:
 
     def lookup(self, user_ids: list[str]) -> dict[str, Rows]:
         self.calls += 1
+        if self.misconfigured:
+            raise ConfigError("fake feature store: no feature view for source 'demographics'")
         if self.fail_next > 0:
             self.fail_next -= 1
-            raise LanternError("fake feature store: transient failure")
+            raise FeatureStoreUnavailable("fake feature store: transient failure")
         if self.down:
-            raise LanternError("fake feature store is down")
+            raise FeatureStoreUnavailable("fake feature store is down")
         out = {}
         for name, table in self.tables.items():
             rows = np.array([self.latest[name].get(u, -1) for u in user_ids], np.int64)

@@ -15,13 +15,13 @@ from features.lookup import OnlineLookup
 from features.online import materialize_online
 from features.store import (
     FeatureStoreConfig,
-    FeatureStoreUnavailable,
     apply,
     latest_scores,
     open_store,
     push_scores,
     registered_layouts,
 )
+from lantern.errors import FeatureStoreUnavailable
 from tests.features.conftest import NOW, assert_same_inputs, model_specs
 
 if shutil.which("redis-server") is None:  # make test installs it; say so loudly when it is missing

@@ -13,14 +13,13 @@ import pytest
 from devtools.bench_features import sdk_lookup, sdk_model_inputs
 from features.lookup import OnlineLookup, _vector_query
 from features.store import (
-    FeatureStoreUnavailable,
     latest_scores,
     push_scores,
     registered_layouts,
     split_training_set,
     training_set,
 )
-from lantern.errors import ConfigError
+from lantern.errors import ConfigError, FeatureStoreUnavailable
 from tests.features.conftest import NOW, assert_same_inputs, model_specs
 
 

@@ -21,8 +21,9 @@ from features.lookup import OnlineLookup
 from features.online import materialize_online
 from features.store import FeatureStoreConfig, apply, open_store
 from model.checkpoint import load_model
+from model.inference import InProcessPredictor
 from streaming.events import decode_probabilities, sessions_to_events
-from streaming.scoring import BatchScorer, InProcessPredictor
+from streaming.scoring import BatchScorer
 from streaming.testing import memory_source
 from tests.features.conftest import NOW, recent_ds, sqlite_store  # noqa: F401  (shared fixtures)
 from tests.ray_jobs.conftest import model_dirs  # noqa: F401

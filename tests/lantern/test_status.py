@@ -14,14 +14,15 @@ import pytest
 from app.status import _refuses_connections, serve_status
 from devtools.broker import launch_broker
 from devtools.servers import free_port
-from streaming.kafka_io import KafkaConfig, Stopper, consume_loop, ensure_topics, replay
+from streaming.kafka_io import KafkaConfig, ensure_topics, replay, run_group
+from streaming.loop import LoopOptions
 from tests.features.conftest import recent_ds, sqlite_store  # noqa: F401  (shared fixtures)
 
 pytestmark = pytest.mark.slow
 
 
 def test_status_shows_topics_lag_store_registry_and_exits_6_without_serve(sqlite_store, tmp_path):  # noqa: F811
-    from ray_jobs.registry import Registry
+    from model.registry import Registry
 
     _, feast_cfg = sqlite_store
     tag = uuid.uuid4().hex[:8]
@@ -31,7 +32,7 @@ def test_status_shows_topics_lag_store_registry_and_exits_6_without_serve(sqlite
         ensure_topics(cfg)
         replay(cfg, [(b"k", b"v%d" % i) for i in range(10)], progress=False)
         # the idle clock runs through the group join, which is slow on a busy machine: wait long enough
-        assert consume_loop(cfg, cfg.group_id, lambda records: None, Stopper(), max_events=10, idle_exit_s=60) == 10
+        assert run_group(cfg, cfg.group_id, lambda records: None, opts=LoopOptions(max_events=10, idle_exit_s=60)) == 10
         env = {**os.environ, "KAFKA_BOOTSTRAP": broker.bootstrap, "LANTERN_KAFKA__INPUT_TOPIC": cfg.input_topic,
                "LANTERN_KAFKA__SCORES_TOPIC": cfg.scores_topic, "LANTERN_KAFKA__DLQ_TOPIC": cfg.dlq_topic,
                "LANTERN_FEATURES__REPO": str(feast_cfg.repo), "COLUMNS": "220"}

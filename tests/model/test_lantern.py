@@ -131,7 +131,7 @@ def test_the_scorers_length_sorted_chunks_answer_like_one_untrimmed_batch(small_
     """streaming.scoring.forward sorts rows by length, cuts chunks and trims each chunk's
     padding (survey tokens and sequence positions); rows come back in input order, equal to
     one pass over the whole batch with every sequence position kept."""
-    from streaming.scoring import CPU_CHUNK_ROWS, _forward, forward
+    from model.inference import CPU_CHUNK_ROWS, _forward, forward
 
     spec, data = encoded
     model = _model(small_ds, spec)

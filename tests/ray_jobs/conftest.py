@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from model.checkpoint import save_model
+from model.registry import Registry
 from model.train import TrainConfig, fit, prepare
-from ray_jobs.registry import Registry
 from tests.features.conftest import recent_ds, sqlite_store  # noqa: F401  (shared fixtures)
 
 

@@ -49,7 +49,7 @@ def test_score_serve_cli_deploys_the_champion_and_scores_through_it(broker, mode
     import sys
     from pathlib import Path
 
-    from ray_jobs.registry import Registry
+    from model.registry import Registry
     from tests.streaming.test_kafka_scorer import topics
 
     reg = Registry(tmp_path / "registry")
@@ -73,7 +73,6 @@ def test_score_serve_cli_deploys_the_champion_and_scores_through_it(broker, mode
 def test_the_ray_job_entry_point_is_the_retrain_command():
     import subprocess
     import sys
-
     from pathlib import Path
 
     lantern = Path(sys.executable).with_name("lantern")  # `ray job submit -- lantern retrain ...`

@@ -14,7 +14,7 @@ from ray import serve
 
 from devtools.broker import launch_broker
 from lantern.settings.serve import ServeConfig
-from ray_jobs.registry import Registry
+from model.registry import Registry
 from ray_jobs.serve import ServeScorer, build_app, feature_store_options
 from streaming.events import sessions_to_events
 from streaming.kafka_io import KafkaConfig, KafkaScorer, replay

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from lantern.errors import ModelError
-from ray_jobs.registry import Registry
+from model.registry import Registry
 
 
 def test_versions_hold_weights_lineage_and_metrics(registry, model_dirs):

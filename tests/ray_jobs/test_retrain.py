@@ -59,7 +59,7 @@ def test_retrain_reads_archived_sessions_and_feast_features_and_registers_a_vers
         ray_cluster, recent_ds, sqlite_store, tmp_path):
     from lantern.dataset.io import save_dataset
     from lantern.settings import load_settings
-    from ray_jobs.registry import Registry
+    from model.registry import Registry
     from ray_jobs.train import retrain_and_register
     from streaming.archive import read_archive, write_partitioned
     from streaming.events import events_to_sessions, parse_event, sessions_to_events

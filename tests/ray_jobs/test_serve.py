@@ -15,9 +15,10 @@ from ray import serve
 from devtools.servers import free_port
 from features.lookup import OnlineLookup
 from lantern.settings.serve import ServeConfig
-from ray_jobs.registry import Registry
+from model.inference import InProcessPredictor
+from model.registry import Registry
 from streaming.events import decode_probabilities, sessions_to_events
-from streaming.scoring import BatchScorer, InProcessPredictor, Record
+from streaming.scoring import BatchScorer, Record
 
 
 @pytest.fixture(scope="module")

@@ -19,10 +19,11 @@ from kafka import KafkaConsumer
 
 from devtools.broker import launch_broker
 from model.checkpoint import save_model
+from model.inference import InProcessPredictor
 from model.train import TrainConfig, fit, prepare
 from streaming.events import decode_probabilities, sessions_to_events
-from streaming.kafka_io import KafkaConfig, KafkaScorer, OutputsNotAcknowledged, replay
-from streaming.scoring import BatchScorer, InProcessPredictor
+from streaming.kafka_io import KafkaConfig, KafkaScorer, KafkaSink, OutputsNotAcknowledged, replay
+from streaming.scoring import BatchScorer
 from streaming.testing import FakeFeatures, ThreadScorer
 from tests.streaming.test_scoring import _offline
 
@@ -92,18 +93,19 @@ def test_every_event_scored_once_equal_to_offline_and_poison_dead_lettered(small
 CRASHING_SCORER = """
 import os, signal, sys
 from model.checkpoint import load_model
-from streaming.kafka_io import KafkaConfig, KafkaScorer
-from streaming.scoring import BatchScorer, InProcessPredictor
+from streaming.kafka_io import KafkaConfig, KafkaScorer, KafkaSink
+from streaming.scoring import BatchScorer
+from model.inference import InProcessPredictor
 
-class CrashAfterProduce(KafkaScorer):
-    def _produce(self, producer, records, result):
-        super()._produce(producer, records, result)   # scores flushed to the broker ...
+class CrashAfterFlush(KafkaSink):
+    def flush(self):
+        super().flush()                               # scores flushed to the broker ...
         os.kill(os.getpid(), signal.SIGKILL)          # ... and the process dies before committing
 
 cfg = KafkaConfig(**{k: v for k, v in (a.split("=", 1) for a in sys.argv[2:])}, max_poll_records=64)
 loaded = load_model(sys.argv[1])
 scorer = BatchScorer(loaded.questionnaire, loaded.features, InProcessPredictor(loaded.model, "v-crash"), None)
-CrashAfterProduce(scorer, cfg).run()
+KafkaScorer(scorer, cfg, sink=CrashAfterFlush(cfg)).run()
 """
 
 
@@ -130,16 +132,16 @@ def test_kill_9_between_produce_and_commit_loses_nothing(small_ds, broker, score
     assert 0 < duplicates <= 64  # exactly the one batch in flight, at most
 
 
-class FailsSecondBatchOnce(KafkaScorer):
+class RefusesSecondBatchOnce(KafkaSink):
     """The broker refuses the second batch's outputs once (nothing of that batch was sent)."""
 
-    produced = 0
+    writes = 0
 
-    def _produce(self, producer, records, result):
-        self.produced += 1
-        if self.produced == 2:
+    def write(self, batch):
+        self.writes += 1
+        if self.writes == 2:
             raise OutputsNotAcknowledged("injected: the broker did not take the outputs")
-        super()._produce(producer, records, result)
+        super().write(batch)
 
 
 def test_pipelined_scorer_loses_nothing_when_outputs_fail_with_two_batches_in_flight(small_ds, broker, scorer):
@@ -147,7 +149,9 @@ def test_pipelined_scorer_loses_nothing_when_outputs_fail_with_two_batches_in_fl
     sessions = small_ds.sessions.slice(0, 300)
     replay(cfg, sessions_to_events(sessions), progress=False)
     remote = ThreadScorer(scorer)
-    stats = FailsSecondBatchOnce(remote, cfg, max_events=300, idle_exit_s=20).run()
+    sink = RefusesSecondBatchOnce(cfg)
+    stats = KafkaScorer(remote, cfg, max_events=300, idle_exit_s=20, sink=sink).run()
+    sink.close()
     assert remote.overlapped > 0  # batches were in flight two at a time
     assert (stats.consumed, stats.scored) == (300, 300)
     scores = [json.loads(r.value) for r in read_all(broker.bootstrap, cfg.scores_topic, 300)]
@@ -186,19 +190,20 @@ def test_two_scorers_split_the_partitions_and_one_takes_over(small_ds, broker, s
 SLOW_SCORER = """
 import sys, time
 from model.checkpoint import load_model
-from streaming.kafka_io import KafkaConfig, KafkaScorer
-from streaming.scoring import BatchScorer, InProcessPredictor
+from streaming.kafka_io import KafkaConfig, KafkaScorer, KafkaSink
+from streaming.scoring import BatchScorer
+from model.inference import InProcessPredictor
 
-class Slow(KafkaScorer):
-    def _produce(self, producer, records, result):
-        super()._produce(producer, records, result)
+class SlowSink(KafkaSink):
+    def flush(self):
+        super().flush()
         print("batch", flush=True)
         time.sleep(0.3)
 
 cfg = KafkaConfig(**{k: v for k, v in (a.split("=", 1) for a in sys.argv[2:])}, max_poll_records=32)
 loaded = load_model(sys.argv[1])
 scorer = BatchScorer(loaded.questionnaire, loaded.features, InProcessPredictor(loaded.model, "v-slow"), None)
-stats = Slow(scorer, cfg).run()
+stats = KafkaScorer(scorer, cfg, sink=SlowSink(cfg)).run()
 print("drained", stats.consumed, flush=True)
 """
 

@@ -113,9 +113,10 @@ def test_replaying_from_earliest_reproduces_the_outputs_and_the_feast_state(brok
 
     from features.lookup import OnlineLookup
     from model.checkpoint import load_model
+    from model.inference import InProcessPredictor
     from streaming.events import decode_probabilities, sessions_to_events
     from streaming.kafka_io import KafkaScorer, replay
-    from streaming.scoring import BatchScorer, InProcessPredictor
+    from streaming.scoring import BatchScorer
     from tests.streaming.test_kafka_scorer import read_all
 
     store, _ = sqlite_store

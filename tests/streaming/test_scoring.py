@@ -9,13 +9,15 @@ import numpy as np
 import pytest
 import torch
 
+from lantern.errors import ConfigError
 from lantern.settings.kafka import DLQ_TOPIC, SCORES_TOPIC
 from model.data import encode_sessions, to_batch
+from model.inference import InProcessPredictor
 from model.outputs import key_probs
 from model.train import TrainConfig, fit, prepare
 from streaming.events import decode_probabilities, sessions_to_events
-from streaming.scoring import BatchScorer, InProcessPredictor
-from streaming.testing import FakeFeatures, MemorySink, memory_source, run_in_memory
+from streaming.scoring import BatchScorer
+from streaming.testing import FakeFeatures, MemoryConsumer, MemorySink, ThreadScorer, memory_source, run_in_memory
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +128,17 @@ def test_scoring_recovers_when_the_store_returns(small_ds, scorer):
     assert not bs.score(records[30:]).degraded
 
 
+def test_a_misconfigured_store_stops_the_scorer_with_its_message(small_ds, scorer):
+    """Only an unreachable store degrades to survey-only; a configuration error is not ridden out
+    (every session would be scored survey-only without anyone noticing)."""
+    wrong = FakeFeatures(small_ds.external)
+    wrong.misconfigured = True
+    bs = BatchScorer(scorer.q, scorer.spec, scorer.predictor, wrong, lookup_backoff_s=0.01)
+    with pytest.raises(ConfigError, match="no feature view for source 'demographics'"):
+        bs.score(memory_source(sessions_to_events(small_ds.sessions.slice(0, 10))))
+    assert wrong.calls == 1  # not retried either
+
+
 def test_predicted_keys_follow_the_question_kind_and_the_abstain_setting(small_ds, trained):
     from model.metrics import Layout
 
@@ -144,3 +157,65 @@ def test_predicted_keys_follow_the_question_kind_and_the_abstain_setting(small_d
         top = {i: probs[kq == i].max() for i, x in enumerate(q.questions) if x.kind == "single"}
         kept = [k for k in b["predicted_keys"] if single[q.response_keys.index(k)]]
         assert len(kept) == sum(p >= 0.9 for p in top.values()) and b["abstain_below"] == 0.9
+
+
+class _LoggingSink(MemorySink):
+    """A MemorySink that logs each flush next to the consumer's commits (one shared log)."""
+
+    def __init__(self, log: list, **kw):
+        super().__init__(**kw)
+        self.log = log
+
+    def flush(self) -> None:
+        n = len(self.pending)
+        super().flush()  # a refused flush raises: not logged
+        self.log.append(("flush", n))
+
+
+class _LoggingConsumer(MemoryConsumer):
+    def __init__(self, records, log: list, **kw):
+        super().__init__(records, **kw)
+        self.log = log
+
+    def commit(self, offsets: dict) -> None:
+        super().commit(offsets)
+        self.log.append(("commit", sum(m.offset for m in offsets.values())))
+
+
+def _ids(sink) -> list[str]:
+    return [json.loads(v)["session_id"] for _, v, _ in sink[SCORES_TOPIC]]
+
+
+@pytest.mark.parametrize("pipelined", [False, True], ids=["in-process", "pipelined"])
+def test_the_loop_commits_only_after_the_sink_flushed_and_rides_out_refused_flushes(small_ds, scorer, pipelined):
+    """The whole loop in memory: every commit follows its batch's flush; two refused flushes make
+    the loop seek back and score those batches again, so every session is scored exactly once and
+    every offset is committed."""
+    sessions = small_ds.sessions.slice(0, 300)
+    records = memory_source(sessions_to_events(sessions), partitions=3)
+    log: list = []
+    sink = _LoggingSink(log, refuse_flushes=2)
+    consumer = _LoggingConsumer(records, log, max_poll_records=40)
+    remote = ThreadScorer(scorer) if pipelined else scorer
+    run_in_memory(remote, records, sink, batch_size=40, consumer=consumer)
+    assert sorted(_ids(sink)) == sorted(sessions.column("session_id").to_pylist())  # once each
+    assert consumer.committed == {tp: rs[-1].offset + 1 for tp, rs in consumer.parts.items()}
+    assert sink.refuse_flushes == 0  # both refusals happened
+    # each accepted flush is followed by exactly its batch's commit; a refused one by none
+    assert [kind for kind, _ in log] == ["flush", "commit"] * consumer.commits
+    if pipelined:
+        assert remote.overlapped > 0  # two batches in flight at times
+        remote.close()
+
+
+def test_a_rebalance_commits_the_batches_in_flight_before_the_partitions_move(small_ds, scorer):
+    sessions = small_ds.sessions.slice(0, 240)
+    records = memory_source(sessions_to_events(sessions), partitions=2)
+    consumer = MemoryConsumer(records, max_poll_records=40, rebalance_at_poll=3)
+    remote = ThreadScorer(scorer)
+    sink = run_in_memory(remote, records, MemorySink(), batch_size=40, consumer=consumer)
+    remote.close()
+    ids = _ids(sink)
+    assert len(ids) == len(set(ids)) == 240  # the in-flight batch was committed on revoke: no repeats
+    assert consumer.committed == {tp: rs[-1].offset + 1 for tp, rs in consumer.parts.items()}
+    assert consumer.closed
