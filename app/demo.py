@@ -110,7 +110,7 @@ def _simulate(s: LanternSettings):
 
 
 def _fill_feature_store(s: LanternSettings, ds):
-    from features.lookup import fill_online
+    from features.online import fill_online
 
     store, views, users = fill_online(s.features, ds)
     console.print(f"applied {views} source views + FeatureService lantern_v1 to {s.features.repo}; "

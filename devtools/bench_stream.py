@@ -137,7 +137,8 @@ def _setup(settings: LanternSettings, bench: StreamBench, root, log):
     """Simulated users, their features online, a fitted registered model, and an in-process
     scorer on the same store and model (for the stage ceilings)."""
     from devtools.bench_serve import trained_registry
-    from features.lookup import OnlineLookup, fill_online
+    from features.lookup import OnlineLookup
+    from features.online import fill_online
     from lantern.dataset.io import load_dataset, save_dataset
     from lantern.dataset.simulate import simulate
     from lantern.settings import local_run

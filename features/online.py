@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import sqlite3
 from datetime import datetime, timezone
-from pathlib import Path
 
 from feast import FeatureStore
 
 from features import vector
 from features.lookup import OnlineLookup
-from features.repo import OFFLINE_DIR, VECTOR_FIELD, VECTOR_PUSH
+from features.repo import VECTOR_FIELD, VECTOR_PUSH
 from features.store import (
     FeatureStoreConfig,
     apply,
     materialize,
+    offline_dir,
     open_store,
     registered_layouts,
 )
@@ -55,7 +55,7 @@ def materialize_online(store: FeatureStore, cfg: FeatureStoreConfig, end=None, s
     import pyarrow.parquet as pq
 
     materialize(store, cfg, end=end, start=start)
-    offline = Path(cfg.repo) / OFFLINE_DIR
+    offline = offline_dir(cfg)
     users = set()
     for layout in registered_layouts(store):
         users.update(pc.unique(pq.read_table(offline / f"{layout.name}.parquet", columns=["user_id"])

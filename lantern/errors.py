@@ -6,6 +6,19 @@ dead-letter record; nothing below them prints or exits.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Why one input cannot be used, as data (errors at the edges are data): a dead letter's
+    class, message and field (``streaming.events.EventError``), a session's contract violation
+    (``lantern.dataset.validate``). ``kind`` is stable: DLQ headers and metrics key on it."""
+
+    kind: str
+    message: str
+    field: str = ""
+
 
 class LanternError(Exception):
     """Root of every error lantern raises on purpose."""

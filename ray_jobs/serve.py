@@ -26,9 +26,10 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from lantern.settings.features import FeatureStoreConfig
 from lantern.settings.serve import ServeConfig, config_from_args
 from model.checkpoint import tuned_threshold
-from model.inference import Prediction, forward
+from model.inference import Prediction, forward, resolve_device
 from model.registry import Registry
 from streaming.events import MAX_EVENT_BYTES
 from streaming.scoring import BatchScorer, Encoded, Record, ScoredBatch
@@ -56,8 +57,6 @@ class LanternScorer:
     def __init__(self, registry: str, model_version: str | None = None, device: str = "auto", half: bool = False,
                  features: dict | None = None, threshold: float | None = None, threads: int = 1,
                  abstain_below: float = 0.0):
-        from model.inference import resolve_device
-
         torch.set_num_threads(threads)  # the replica's CPU share (ray_actor_options num_cpus)
         self.registry = Registry(registry)
         self.device = resolve_device(device)
@@ -68,7 +67,6 @@ class LanternScorer:
         if features is not None:  # the replica's own online lookup (features.lookup.OnlineLookup)
             from features.lookup import OnlineLookup
             from features.store import open_store
-            from lantern.settings.features import FeatureStoreConfig
 
             self.features = OnlineLookup(open_store(FeatureStoreConfig(**features)))
         self.served = self._load(model_version)
@@ -185,8 +183,6 @@ def app_builder(args: dict):
     RayService): ``args`` holds ServeConfig fields, plus ``features`` (FeatureStoreConfig fields;
     absent = no external context), ``threshold`` (multi-select; absent = each version's tuned one) and
     ``abstain_below`` (single-select). Unknown keys are an error."""
-    from lantern.settings.features import FeatureStoreConfig
-
     args = dict(args)
     features, threshold = args.pop("features", None), args.pop("threshold", None)
     threshold = None if threshold is None else float(threshold)

@@ -12,7 +12,7 @@ the epoch with the lowest validation loss);
 run name resumes from it too. Batch order is seeded per (seed, rank, epoch), so a resumed run
 repeats nothing and skips nothing.
 
-Ray Job entry point: ``ray job submit -- python -m ray_jobs.train --data DIR [--archive DIR]``.
+Ray Job entry point: ``ray job submit -- lantern retrain --data DIR [--archive DIR]``.
 """
 
 from __future__ import annotations
@@ -26,8 +26,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from features.store import open_store, point_in_time_sources
+from lantern.dataset.io import load_dataset
+from lantern.errors import ConfigError
 from lantern.settings.model import TrainConfig
 from lantern.settings.serve import RetrainConfig
+from model.checkpoint import build_model, save_model
+from model.data import model_config
+from model.evaluate import predict
+from model.metrics import Layout, decision_f1
+from model.registry import Registry
+from model.train import EarlyStopping, for_run, make_optimizer, prepare, train_epoch, validate
+from ray_jobs.encoded import from_table, shapes, write_encoded
+from streaming.archive import read_archive
 
 STATE = "state.pt"
 
@@ -37,10 +48,6 @@ def _train_loop(config: dict) -> None:
     import ray
     import ray.train
     import ray.train.torch
-
-    from model.checkpoint import build_model
-    from model.train import EarlyStopping, make_optimizer, train_epoch, validate
-    from ray_jobs.encoded import from_table
 
     tc: TrainConfig = config["train"]
     ctx = ray.train.get_context()
@@ -118,8 +125,6 @@ def _check_resources(rc: RetrainConfig, log) -> None:
     """Fail fast when the cluster can never hold the worker group (Ray Train would wait forever)."""
     import ray
 
-    from lantern.errors import ConfigError
-
     kind, each = ("GPU", 1.0) if rc.use_gpu else ("CPU", rc.cpus_per_worker)
     need = rc.num_workers * each
     total, free = ray.cluster_resources().get(kind, 0.0), ray.available_resources().get(kind, 0.0)
@@ -139,12 +144,6 @@ def retrain(ds, tc: TrainConfig, rc: RetrainConfig, sources=None, log=print, pro
     import ray.data
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
-
-    from model.checkpoint import build_model
-    from model.data import model_config
-    from model.metrics import Layout
-    from model.train import for_run, prepare
-    from ray_jobs.encoded import shapes, write_encoded
 
     _check_resources(rc, log)
     feed = _EpochFeed.create() if progress else None
@@ -248,20 +247,12 @@ def retrain_and_register(settings, archive: Path | None = None, use_features: bo
                          log=print) -> dict:
     """`lantern retrain`: dataset (sessions from ``archive`` when given) + Feast point-in-time
     features → Ray Train → a registry version (val/test F1, data window, parent) → optionally promoted."""
-    from dataclasses import replace as with_sessions
-
-    from lantern.dataset.io import load_dataset
-
     ds = load_dataset(settings.paths.data)
     if archive is not None:
-        from streaming.archive import read_archive
-
-        ds = with_sessions(ds, sessions=read_archive(archive))
+        ds = replace(ds, sessions=read_archive(archive))
         log(f"{ds.sessions.num_rows} archived sessions from {archive}")
     sources = None
     if use_features:  # point-in-time rows from Feast's offline store, not the in-process join
-        from features.store import open_store, point_in_time_sources
-
         sources = point_in_time_sources(open_store(settings.features), ds.sessions)
     result = retrain(ds, settings.train, settings.retrain, sources=sources, log=log)
     return register_retrained(settings, ds, result, promote, log)
@@ -270,11 +261,6 @@ def retrain_and_register(settings, archive: Path | None = None, use_features: bo
 def register_retrained(settings, ds, result: RetrainResult, promote: bool, log=print) -> dict:
     """A retrained model → its test F1 → a model directory → the next registry version (val/test
     F1, data window, parent) → optionally promoted."""
-    from model.checkpoint import save_model
-    from model.evaluate import predict
-    from model.metrics import Layout, decision_f1
-    from model.registry import Registry
-
     rc, prep = settings.retrain, result.prepared
     threshold = result.best["multi_threshold"]
     test_f1 = decision_f1(predict(result.model, prep.test), prep.test.y, prep.test.loss_mask,

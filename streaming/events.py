@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 from lantern.dataset import schema
 from lantern.dataset.questionnaire import Questionnaire
 from lantern.dataset.validate import answers_problem
+from lantern.errors import Problem
 
 SCHEMA_VERSION = 1
 MAX_EVENT_BYTES = 64 * 1024
@@ -37,13 +38,8 @@ class SessionEvent:
     answers: tuple[tuple[str, tuple[str, ...] | None], ...]  # None: presented, skipped
 
 
-@dataclass(frozen=True)
-class EventError:
-    """Why an event cannot be scored. ``kind`` is stable (DLQ header, metrics)."""
-
-    kind: str  # one of ERROR_CLASSES
-    message: str
-    field: str = ""
+#: why an event cannot be scored: ``kind`` (one of ERROR_CLASSES), ``message``, ``field``
+EventError = Problem
 
 
 #: every class an input event can be dead-lettered with (docs/events.md lists the same set: tested)
@@ -113,7 +109,7 @@ def parse_event(raw: bytes, q: Questionnaire, max_bytes: int = MAX_EVENT_BYTES) 
         return EventError("empty_answers", "the session answers no question", "answers")
     problem = answers_problem(q, ((qid, options or ()) for qid, options in parsed))
     if problem:
-        return EventError(problem.kind, problem.reason, problem.field)
+        return problem
     return SessionEvent(body["session_id"], body["user_id"], completed.astimezone(timezone.utc), tuple(parsed))
 
 

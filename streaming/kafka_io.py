@@ -113,7 +113,8 @@ class KafkaSink:
 
     def write(self, batch: ScoredBatch) -> None:
         try:
-            self.sent += [self.producer.send(self.cfg.scores_topic, key=key, value=value) for key, value in batch.scores]
+            self.sent += [self.producer.send(self.cfg.scores_topic, key=key, value=value)
+                          for key, value in batch.scores]
             self.sent += [self.producer.send(self.cfg.dlq_topic, key=record.key, value=record.value,
                                              headers=dlq_headers(error, record.topic, record.partition, record.offset,
                                                                  record.headers))

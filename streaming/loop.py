@@ -223,7 +223,8 @@ class ScoreStats:
     latencies_s: list[float] = field(default_factory=list)  # per batch: poll → commit
 
 
-def score_stream(consumer, scorer, sink, cfg: KafkaConfig, stopper: Stopper, opts: LoopOptions | None = None) -> ScoreStats:
+def score_stream(consumer, scorer, sink, cfg: KafkaConfig, stopper: Stopper,
+                 opts: LoopOptions | None = None) -> ScoreStats:
     """The scorer's loop: each batch ``scorer.score(records)`` → ``sink.write`` → ``sink.flush`` →
     commit. A scorer with ``submit`` (a remote one: ``ray_jobs.serve.ServeScorer``) is pipelined:
     the batch is sent, and written and flushed when :func:`consume_loop` finishes it."""

@@ -6,25 +6,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from lantern.dataset import schema
 from lantern.dataset.questionnaire import Questionnaire
-from lantern.errors import DataValidationError
+from lantern.errors import DataValidationError, Problem
 
 Answer = tuple[str, Sequence[str]]
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One contract violation in a session: where, why, and a stable error class."""
-
-    field: str
-    reason: str
-    kind: str  # unknown_question | duplicate_answer | unknown_option | repeated_option | single_select | routing
 
 
 def answers_problem(q: Questionnaire, answers: Iterable[Answer]) -> Problem | None:
@@ -34,20 +24,20 @@ def answers_problem(q: Questionnaire, answers: Iterable[Answer]) -> Problem | No
     for i, (qid, options) in enumerate(answers):  # runs on every stream event: set operations, no loops
         question = by_id.get(qid)
         if question is None:
-            return Problem(f"answers[{i}].question_id", f"unknown question id {qid!r}", "unknown_question")
+            return Problem("unknown_question", f"unknown question id {qid!r}", f"answers[{i}].question_id")
         if qid in given:
-            return Problem(f"answers[{i}].question_id", f"question {qid!r} answered twice", "duplicate_answer")
+            return Problem("duplicate_answer", f"question {qid!r} answered twice", f"answers[{i}].question_id")
         if not question.option_ids.issuperset(options):
             unknown = [o for o in options if o not in question.option_ids]
-            return Problem(f"answers[{i}].option_ids", f"unknown option ids {unknown} for question {qid!r}",
-                           "unknown_option")
+            return Problem("unknown_option", f"unknown option ids {unknown} for question {qid!r}",
+                           f"answers[{i}].option_ids")
         if len(options) > 1:
             if len(set(options)) != len(options):
-                return Problem(f"answers[{i}].option_ids", f"repeated option ids for question {qid!r}",
-                               "repeated_option")
+                return Problem("repeated_option", f"repeated option ids for question {qid!r}",
+                               f"answers[{i}].option_ids")
             if question.kind == "single":
-                return Problem(f"answers[{i}].option_ids",
-                               f"single-select question {qid!r} has {len(options)} options selected", "single_select")
+                return Problem("single_select", f"single-select question {qid!r} has {len(options)} options "
+                                               "selected", f"answers[{i}].option_ids")
         given[qid] = options
     for i, qid in enumerate(given):
         cond = by_id[qid].condition
@@ -55,9 +45,9 @@ def answers_problem(q: Questionnaire, answers: Iterable[Answer]) -> Problem | No
             continue
         parent = given.get(cond.question_id, ())
         if not set(parent) & set(cond.option_ids):
-            return Problem(f"answers[{i}].question_id",
-                           f"question {qid!r} is presented only if {cond.question_id!r} is one of "
-                           f"{list(cond.option_ids)}, but it was answered with {list(parent)}", "routing")
+            return Problem("routing", f"question {qid!r} is presented only if {cond.question_id!r} is one of "
+                           f"{list(cond.option_ids)}, but it was answered with {list(parent)}",
+                           f"answers[{i}].question_id")
     return None
 
 
@@ -94,7 +84,7 @@ def validate_sessions(table: pa.Table, q: Questionnaire, file: str = schema.SESS
     for row, answers in enumerate(table.column("answers").to_pylist()):
         problem = answers_problem(q, ((a["question_id"], a["option_ids"] or ()) for a in answers))
         if problem:
-            raise DataValidationError(problem.reason, file=file, row=row, field=problem.field)
+            raise DataValidationError(problem.message, file=file, row=row, field=problem.field)
     return table
 
 

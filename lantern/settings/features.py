@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-PACKAGE_REPO = Path(__file__).resolve().parents[2] / "features"  # the repo shipped with lantern
+#: the Feast repo shipped with lantern: feature_store.yaml + definitions.py (the simulator's sources)
+PACKAGE_REPO = Path(__file__).resolve().parents[2] / "features" / "feature_repo"
 
 
 @dataclass(frozen=True)
@@ -15,3 +16,6 @@ class FeatureStoreConfig:
     online: Literal["sqlite", "redis"] = "sqlite"
     redis: str = "127.0.0.1:6379"  # host:port[,password=...] (Feast's connection_string)
     ttl_days: float = 90.0
+    # where `lantern features apply` writes the packed offline parquet (Feast's file sources);
+    # None: <repo>/.feast/offline. Relative paths are from the repo.
+    offline: Path | None = None

@@ -1,4 +1,6 @@
-"""`feast apply` and `feast materialize` work on the repo as-is (definitions.py + generated layout.py)."""
+"""The feature repo is declarative: `feast apply` and `feast materialize` work on it as-is
+(feature_store.yaml + definitions.py, nothing else), and its definitions.py is what
+`lantern features apply` writes for the simulator's sources."""
 
 from __future__ import annotations
 
@@ -9,10 +11,12 @@ from datetime import timedelta
 from pathlib import Path
 
 from features.lookup import OnlineLookup
-from features.store import FeatureStoreConfig, apply, open_store
+from features.repo import FEATURE_SERVICE
+from features.store import DEFINITIONS, FeatureStoreConfig, apply, open_store
+from lantern.settings.features import PACKAGE_REPO
 from tests.features.conftest import NOW
 
-REPO = Path(__file__).resolve().parents[2] / "features"
+REPO = PACKAGE_REPO
 
 
 def feast(repo: Path, *args: str) -> subprocess.CompletedProcess:
@@ -23,10 +27,14 @@ def feast(repo: Path, *args: str) -> subprocess.CompletedProcess:
 def test_feast_cli_applies_and_materializes_the_repo(recent_ds, tmp_path):
     repo = tmp_path / "features"
     repo.mkdir()
-    for name in ("feature_store.yaml", "definitions.py", ".feastignore"):
-        shutil.copy(REPO / name, repo / name)
+    assert {p.name for p in REPO.iterdir() if p.name != ".feast"} == {"feature_store.yaml", DEFINITIONS}
+    shutil.copy(REPO / "feature_store.yaml", repo / "feature_store.yaml")
     cfg = FeatureStoreConfig(repo=repo)
-    apply(open_store(cfg), recent_ds, cfg)  # writes layout.py and the packed offline parquet
+    apply(open_store(cfg), recent_ds, cfg)  # writes definitions.py and the packed offline parquet
+    assert (repo / DEFINITIONS).read_text() == (REPO / DEFINITIONS).read_text()  # the shipped file: the same
+    namespace: dict = {}
+    exec(compile((repo / DEFINITIONS).read_text(), DEFINITIONS, "exec"), namespace)  # module-level objects
+    assert [p.name for p in namespace[FEATURE_SERVICE].feature_view_projections] == sorted(recent_ds.external)
     (repo / ".feast" / "registry.db").unlink()  # start from an empty registry: feast apply alone
     done = feast(repo, "apply")
     assert done.returncode == 0, done.stderr[-2000:]

@@ -11,7 +11,8 @@ import pyarrow as pa
 import pytest
 
 from devtools.bench_features import sdk_lookup, sdk_model_inputs
-from features.lookup import OnlineLookup, _vector_query
+from features.keys import vector_query as _vector_query
+from features.lookup import OnlineLookup
 from features.store import (
     latest_scores,
     push_scores,
@@ -56,7 +57,8 @@ def test_model_inputs_equal_the_sdk_rows_shaped_by_the_model_spec(sqlite_store, 
 def test_materialize_covers_the_vectors_with_an_index_sqlite_reads_alone(sqlite_store):
     store, _ = sqlite_store
     lookup = OnlineLookup(store)
-    plan = lookup._sqlite().execute("EXPLAIN QUERY PLAN " + _vector_query(lookup.vector_table, 2), [b"a", b"b"])
+    reader = lookup.reader
+    plan = reader._sqlite().execute("EXPLAIN QUERY PLAN " + _vector_query(reader.vector_table, 2), [b"a", b"b"])
     assert any("COVERING INDEX" in row[-1] for row in plan.fetchall())
 
 
@@ -65,7 +67,7 @@ def test_vectors_of_another_format_raise_a_config_error_that_says_what_to_run(sq
 
     lookup = OnlineLookup(sqlite_store[0])
     stale = Value(bytes_val=b"\x01" + bytes(64)).SerializeToString()  # format 1: before the value hashes
-    monkeypatch.setattr(lookup, "_read_vectors_sqlite", lambda keys: [stale] * len(keys))
+    monkeypatch.setattr(lookup.reader, "read_vectors", lambda keys: [stale] * len(keys))
     with pytest.raises(ConfigError, match="lantern features materialize"):
         lookup.lookup(["u000001"])
 
