@@ -24,13 +24,15 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/lantern demo
 
-# Real servers the tests use: Debian's redis-server (installed where missing).
+# What the tests use from Debian: redis-server (a real Redis) and tmux (the terminal `lantern top`
+# is read back from); each installed where missing.
 servers:
-	@command -v redis-server >/dev/null || { \
+	@for pkg in redis-server tmux; do command -v $$pkg >/dev/null || { \
 	  export DEBIAN_FRONTEND=noninteractive; \
-	  $(SUDO) apt-get install -y -q redis-server >/dev/null 2>&1 || \
-	  { $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q redis-server >/dev/null; }; }
+	  $(SUDO) apt-get install -y -q $$pkg >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q $$pkg >/dev/null; }; }; done
 	@redis-server --version
+	@tmux -V
 
 test: $(STAMP) servers
 	@# the layers contract (pyproject.toml): a wrong-way import fails here

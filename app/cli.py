@@ -209,6 +209,22 @@ def status(
         raise typer.Exit(6)
 
 
+@app.command()
+def top(
+    url: Annotated[list[str], typer.Option("--url", help="A Prometheus endpoint to read (repeat for several: "
+                                                         "lantern score / archive / sink-scores, Ray's).")],
+    interval: Annotated[float, typer.Option(min=0.1, help="Seconds between refreshes.")] = 2.0,
+    once: Annotated[bool, typer.Option("--once", help="Print one screen and exit.")] = False,
+):
+    """A live view of the stream from its metrics: rates, lag, p50/p99, dead letters, replicas, version."""
+    from app.top import run_top
+
+    try:
+        run_top(url, interval, once, out)
+    except KeyboardInterrupt:
+        pass
+
+
 def _register() -> None:
     from app import cli_data, cli_features, cli_ray, cli_streaming
 
@@ -226,6 +242,7 @@ def _register() -> None:
     app.command("retrain")(cli_ray.retrain_cmd)
     bench_app.command("serve")(cli_ray.bench_serve_cmd)
     bench_app.command("train")(cli_ray.bench_train_cmd)
+    bench_app.command("autoscale")(cli_ray.bench_autoscale_cmd)
     bench_app.command("stream")(cli_streaming.bench_stream_cmd)
 
 

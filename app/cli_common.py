@@ -34,6 +34,25 @@ BootstrapOpt = Annotated[Optional[str], typer.Option("--bootstrap", help="Kafka 
                                                      "$KAFKA_BOOTSTRAP, else settings kafka.bootstrap).")]
 
 
+MetricsPortOpt = Annotated[Optional[int], typer.Option(
+    "--metrics-port", min=0, max=65535, help="Serve Prometheus metrics on this port (0: a free one; default: "
+                                             "settings metrics.port, else none).")]
+
+
+def start_metrics(s: LanternSettings):
+    """This process's metrics on their own registry and loopback endpoint, or None (no port set)."""
+    if s.metrics.port is None:
+        return None
+    from prometheus_client import CollectorRegistry
+
+    from streaming.metrics import Metrics, serve_metrics
+
+    registry = CollectorRegistry()
+    server = serve_metrics(s.metrics.port, s.metrics.host, registry)
+    console.print(f"metrics: http://{s.metrics.host}:{server.server_port}/metrics")
+    return Metrics.prometheus(registry)
+
+
 def kafka_overrides(bootstrap: str | None) -> dict:
     """--bootstrap, else $KAFKA_BOOTSTRAP (read here, at the entry point)."""
     return {"bootstrap": bootstrap or os.environ.get("KAFKA_BOOTSTRAP")}

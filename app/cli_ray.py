@@ -110,6 +110,21 @@ def bench_serve_cmd(ctx: typer.Context, data: Annotated[Optional[Path], typer.Op
     out.print(f"results in {json_out}")
 
 
+def bench_autoscale_cmd(ctx: typer.Context,
+                        json_out: Annotated[Path, typer.Option("--json")] = Path("reports/bench_autoscale.json"),
+                        users: Annotated[int, typer.Option(help="Users to train the benchmark model on.")] = 2000,
+                        clients: Annotated[int, typer.Option(min=1, help="Closed-loop callers (offered load).")] = 6):
+    """The scorer app under a sustained load, then none: replicas, load and p99 over time, failed requests."""
+    from devtools.bench_autoscale import bench_autoscale
+
+    s = settings_for(ctx)
+    result = bench_autoscale(s, users, clients, log=console.print)
+    json_out.parent.mkdir(parents=True, exist_ok=True)
+    json_out.write_text(json.dumps(result, indent=1))
+    out.print(f"{result['requests']} requests, {result['failed']} failed, replicas 1 → {result['max_replicas']} → "
+              f"{result['final_replicas']}; results in {json_out}")
+
+
 def retrain_cmd(ctx: typer.Context, data: Annotated[Optional[Path], typer.Option(help="Dataset directory.")] = None,
                 archive: Annotated[Optional[Path], typer.Option(
                     help="Archived sessions (lantern archive --out); default: the dataset's sessions.")] = None,

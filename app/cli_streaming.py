@@ -9,7 +9,16 @@ from typing import Annotated, Optional
 
 import typer
 
-from app.cli_common import BootstrapOpt, console, kafka_overrides, out, resolve_ray_address, settings_for
+from app.cli_common import (
+    BootstrapOpt,
+    MetricsPortOpt,
+    console,
+    kafka_overrides,
+    out,
+    resolve_ray_address,
+    settings_for,
+    start_metrics,
+)
 
 
 def broker(keep_logs: Annotated[bool, typer.Option(help="Keep the embedded broker's log (and its run "
@@ -78,12 +87,13 @@ def score(
     ray_actors: Annotated[int, typer.Option("--ray-actors", min=0, help="Run N consumers as Ray actors.")] = 0,
     ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster (default: "
                                                        "$RAY_ADDRESS, else a local Ray).")] = None,
+    metrics_port: MetricsPortOpt = None,
 ):
     """Consume completed sessions, score them in micro-batches, produce scores (at-least-once)."""
     from ray_jobs.scorers import local_scorer_factory, serve_scorer_factory
     from streaming.kafka_io import KafkaScorer
 
-    s = settings_for(ctx, kafka=kafka_overrides(bootstrap))
+    s = settings_for(ctx, kafka=kafka_overrides(bootstrap), metrics=dict(port=metrics_port))
     if model is None and not use_serve:  # the Serve app loads the registry's champion itself
         from lantern.errors import ModelError
         from model.registry import Registry
@@ -113,7 +123,10 @@ def score(
 
         stats = total(run_actors(ray_actors, make, s.kafka, max_events, idle_exit))
     else:
-        stats = KafkaScorer(make(), s.kafka, max_events, idle_exit, log=console.print).run()
+        metrics, scorer = start_metrics(s), make()
+        if metrics is not None and hasattr(scorer, "metrics"):  # a remote scorer's replicas record their own
+            scorer.metrics = metrics
+        stats = KafkaScorer(scorer, s.kafka, max_events, idle_exit, log=console.print, metrics=metrics).run()
     out.print(f"consumed {stats.consumed}, scored {stats.scored}, dead-lettered {stats.dead_lettered}, "
               f"degraded batches {stats.degraded_batches}, in {stats.batches} micro-batches")
 
@@ -125,16 +138,17 @@ def archive(
     bootstrap: BootstrapOpt = None,
     max_events: Annotated[Optional[int], typer.Option(min=1)] = None,
     idle_exit: Annotated[Optional[float], typer.Option(help="Stop after this many idle seconds.")] = None,
+    metrics_port: MetricsPortOpt = None,
 ):
     """Land validated sessions as date-partitioned parquet in the data contract: the retraining input."""
     from lantern.dataset.questionnaire import Questionnaire
     from lantern.dataset.schema import QUESTIONNAIRE_FILE
     from streaming.archive import run_archive
 
-    s = settings_for(ctx, paths=dict(data=data), kafka=kafka_overrides(bootstrap))
+    s = settings_for(ctx, paths=dict(data=data), kafka=kafka_overrides(bootstrap), metrics=dict(port=metrics_port))
     q = Questionnaire.load(s.paths.data / QUESTIONNAIRE_FILE)
     archived, skipped = run_archive(s.kafka, q, out_dir, max_events=max_events, idle_exit_s=idle_exit,
-                                    log=console.print)
+                                    log=console.print, metrics=start_metrics(s))
     out.print(f"archived {archived} sessions to {out_dir}; skipped {skipped} invalid events (see the DLQ)")
 
 
@@ -145,15 +159,16 @@ def sink_scores(
     bootstrap: BootstrapOpt = None,
     max_events: Annotated[Optional[int], typer.Option(min=1)] = None,
     idle_exit: Annotated[Optional[float], typer.Option(help="Stop after this many idle seconds.")] = None,
+    metrics_port: MetricsPortOpt = None,
 ):
     """Write the scores topic back to Feast's online `lantern_scores` view (latest score per user)."""
     from features.store import open_store
     from streaming.kafka_io import Stopper
     from streaming.score_sink import run_score_sink
 
-    s = settings_for(ctx, kafka=kafka_overrides(bootstrap))
+    s = settings_for(ctx, kafka=kafka_overrides(bootstrap), metrics=dict(port=metrics_port))
     n = run_score_sink(s.kafka, open_store(s.features), Stopper(), max_events=max_events, idle_exit_s=idle_exit,
-                       log=console.print)
+                       log=console.print, metrics=start_metrics(s))
     out.print(f"wrote {n} scores from {s.kafka.scores_topic} to the {s.features.online} online store")
 
 

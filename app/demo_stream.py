@@ -65,6 +65,7 @@ class StreamResult:
     degraded: int
     seconds: float
     feast_check: dict = field(default_factory=dict)
+    samples: pd.DataFrame = field(default_factory=pd.DataFrame)  # t_s, replicas, lag (ReplicasAndLag)
 
     def summary(self) -> dict:
         lat = self.scored["latency_ms"].to_numpy()
@@ -78,6 +79,8 @@ class StreamResult:
             "latency_p50_ms": float(np.percentile(lat, 50)) if len(lat) else None,
             "latency_p99_ms": float(np.percentile(lat, 99)) if len(lat) else None,
             "stream_seconds": self.seconds, "feast": self.feast_check,
+            "replicas_max": int(self.samples["replicas"].max()) if len(self.samples) else None,
+            "lag_max": int(self.samples["lag"].max()) if len(self.samples) else None,
         }
 
     def timeline(self, bin_s: float = 1.0) -> pd.DataFrame:
@@ -116,6 +119,48 @@ def topic_reasons(cfg: KafkaConfig, topic: str) -> dict[str, int]:
         consumer.close()
 
 
+class ReplicasAndLag:
+    """Every ``every_s`` seconds while the stream runs: the scorer deployment's running replicas
+    and the scorer group's lag (high-watermarks − committed offsets on the input topic)."""
+
+    def __init__(self, cfg: KafkaConfig, scorer_app: str, every_s: float = 0.5):
+        self.cfg, self.app, self.every_s, self.rows = cfg, scorer_app, every_s, []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="replicas-and-lag", daemon=True)
+
+    def _run(self) -> None:
+        from kafka import KafkaAdminClient, KafkaConsumer
+
+        from ray_jobs.serve import running_replicas
+        from streaming.kafka_io import topic_partitions
+        from streaming.partitions import log_ends
+
+        admin = KafkaAdminClient(**self.cfg.client_options())
+        consumer = KafkaConsumer(**self.cfg.client_options())
+        t0 = time.monotonic()
+        try:
+            parts = topic_partitions(consumer, self.cfg.input_topic)
+            while not self.stop.wait(self.every_s):
+                ends = log_ends(consumer, parts)
+                committed = admin.list_group_offsets(self.cfg.group_id).get(self.cfg.group_id, {})
+                lag = sum(ends[tp] - max(committed[tp].offset, 0) if tp in committed else ends[tp] for tp in parts)
+                self.rows.append({"t_s": time.monotonic() - t0, "replicas": running_replicas(self.app), "lag": lag})
+        finally:
+            consumer.close()
+            admin.close()
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join(timeout=10)
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows, columns=["t_s", "replicas", "lag"])
+
+
 def stream(cfg: KafkaConfig, events: list[tuple[bytes, bytes]], ids: list, store, consumers: int,
            scorer_app: str, rate: float | None, wait_s: float = 120.0) -> StreamResult:
     """Consumers app up → score sink up → replay → wait for every valid session's score → stop all."""
@@ -133,12 +178,14 @@ def stream(cfg: KafkaConfig, events: list[tuple[bytes, bytes]], ids: list, store
     sink.start()
     handle = serve.run(build_consumers(cfg, consumers, scorer_app), name=CONSUMERS_APP, route_prefix=None)
     t0 = time.perf_counter()
+    sampler = ReplicasAndLag(cfg, scorer_app)
     try:
         wait_assigned(handle)
         sent: list[int] = []
-        replay(cfg, events, rate, progress=True, sent_ms=sent)
-        want = sum(i is not None for i in ids)
-        _wait_scored(frames, want, wait_s)
+        with sampler:
+            replay(cfg, events, rate, progress=True, sent_ms=sent)
+            want = sum(i is not None for i in ids)
+            _wait_scored(frames, want, wait_s)
     finally:
         serve.delete(CONSUMERS_APP)  # each loop finishes its batch, commits, leaves the group
         stopper.stop()
@@ -152,7 +199,7 @@ def stream(cfg: KafkaConfig, events: list[tuple[bytes, bytes]], ids: list, store
     scored["latency_ms"] = scored["produced_ms"] - scored["sent_ms"]
     reasons = topic_reasons(cfg, cfg.dlq_topic)
     return StreamResult(len(events), sum(i is None for i in ids), scored, sum(reasons.values()), reasons,
-                        int(scored["degraded"].sum()), seconds)
+                        int(scored["degraded"].sum()), seconds, samples=sampler.frame())
 
 
 def _wait_scored(frames: list[pd.DataFrame], want: int, wait_s: float) -> None:

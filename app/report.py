@@ -16,6 +16,7 @@ PLOTS = {
     "rare_vs_frequent.png": "F1 on rare (conditional) vs frequent response keys, every variant",
     "gate_distribution.png": "LANTERN's mean gate per streamed session (0 = survey only)",
     "stream_timeline.png": "Sessions scored per second and completion→score latency over the run",
+    "replicas_and_lag.png": "LanternScorer replicas and the scorer group's lag over the run",
 }
 
 
@@ -33,6 +34,8 @@ def headline(summary: dict) -> list[tuple[str, str]]:
         ("completion→score latency", f"p50 {st['latency_p50_ms']:,.0f} ms, p99 {st['latency_p99_ms']:,.0f} ms"),
         ("dead-lettered", f"{st['dead_lettered']} ({reasons})"),
         ("degraded (survey-only) scores", f"{st['degraded_scores']}"),
+        ("scorer replicas, group lag", f"max {st['replicas_max']} replicas, max lag {st['lag_max']:,} events"
+                                       if st.get("lag_max") is not None else "not sampled"),
         ("scores in Feast", f"{feast.get('users_with_scores', 0):,} users; read back {feast.get('sample_matches', 0)}"
                             f"/{feast.get('sampled', 0)} sampled users' latest score"),
         ("LANTERN (Ray Train)", f"{summary['training']['epochs']} epochs, best val log loss "
@@ -141,6 +144,15 @@ def write_plots(root: Path, ablation: dict, streamed, offered_rate: float) -> li
     bottom.set(xlabel="seconds since the first completion", ylabel="completion→score ms")
     bottom.legend()
     paths.append(_save(fig, root / "stream_timeline.png"))
+
+    samples = streamed.samples  # sampled every 0.5 s while the replay ran (app/demo_stream.py)
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 5), sharex=True)
+    top.step(samples["t_s"], samples["replicas"], where="post")
+    top.set(ylabel="LanternScorer replicas", title="Replicas and consumer lag over time")
+    top.set_ylim(0, (int(samples["replicas"].max()) if len(samples) else 1) + 1)
+    bottom.plot(samples["t_s"], samples["lag"])
+    bottom.set(xlabel="seconds since the replay started", ylabel="scorer group lag (events)")
+    paths.append(_save(fig, root / "replicas_and_lag.png"))
     return paths
 
 

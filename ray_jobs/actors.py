@@ -15,12 +15,16 @@ import ray
 
 from lantern.settings.kafka import KafkaConfig
 from streaming.kafka_io import KafkaScorer, ScoreStats
+from streaming.metrics import Metrics
 
 
 @ray.remote(max_concurrency=2)  # run() holds one thread; stop() gets the other
 class ScorerActor:
     def __init__(self, make_scorer: Callable, cfg: KafkaConfig, max_events: int | None, idle_exit_s: float | None):
-        self.runner = KafkaScorer(make_scorer(), cfg, max_events, idle_exit_s)
+        metrics, scorer = Metrics.ray(), make_scorer()  # to Ray's Prometheus endpoint
+        if hasattr(scorer, "metrics"):
+            scorer.metrics = metrics
+        self.runner = KafkaScorer(scorer, cfg, max_events, idle_exit_s, metrics=metrics)
 
     def run(self) -> ScoreStats:
         return self.runner.run()

@@ -17,6 +17,7 @@ from ray import serve
 
 from lantern.settings.kafka import KafkaConfig
 from streaming.kafka_io import KafkaScorer
+from streaming.metrics import Metrics
 
 CONSUMERS_APP = "lantern-consumers"
 
@@ -26,7 +27,8 @@ class StreamConsumer:
     def __init__(self, kafka: dict, scorer_app: str = "lantern"):
         from ray_jobs.serve import ServeScorer
 
-        self.runner = KafkaScorer(ServeScorer(serve.get_app_handle(scorer_app)), KafkaConfig(**kafka))
+        self.runner = KafkaScorer(ServeScorer(serve.get_app_handle(scorer_app)), KafkaConfig(**kafka),
+                                  metrics=Metrics.ray())
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="kafka-scorer", daemon=True)
         self.thread.start()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from model.checkpoint import tuned_threshold
 from model.inference import Prediction, forward, resolve_device
 from model.registry import Registry
 from streaming.events import MAX_EVENT_BYTES
+from streaming.metrics import Metrics
 from streaming.scoring import BatchScorer, Encoded, Record, ScoredBatch
 
 
@@ -63,6 +65,7 @@ class LanternScorer:
         self.half = half and self.device.type == "cuda"  # never on CPU
         self.threshold = threshold  # None: each version's own tuned multi-select threshold
         self.abstain_below = abstain_below
+        self.metrics = Metrics.ray()  # to Ray's Prometheus endpoint, with Serve's replica labels
         self.features = None
         if features is not None:  # the replica's own online lookup (features.lookup.OnlineLookup)
             from features.lookup import OnlineLookup
@@ -76,7 +79,7 @@ class LanternScorer:
         version = loaded.meta.get("version", version)
         return Served(version, loaded.model, BatchScorer(loaded.questionnaire, loaded.features, None, self.features,
                                                          tuned_threshold(loaded.meta, self.threshold),
-                                                         abstain_below=self.abstain_below))
+                                                         abstain_below=self.abstain_below, metrics=self.metrics))
 
     def reconfigure(self, config: dict) -> None:
         """user_config: batching knobs and the model version. In-flight requests keep the version
@@ -94,7 +97,9 @@ class LanternScorer:
             mine = [i for i, (s, _) in enumerate(items) if s is served]
             parts = [items[i][1] for i in mine]
             q_idx, sel, sources = _concat(parts)
+            t0 = time.perf_counter()
             probs, gate = forward(served.model, q_idx, sel, sources, self.device, self.half)
+            self.metrics.forwarded(time.perf_counter() - t0)
             start = 0
             for i, part in zip(mine, parts):
                 n = len(part.events)
@@ -168,14 +173,20 @@ def build_app(cfg: ServeConfig, model_version: str | None = None, features: dict
         ray_actor_options={"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus},
         max_ongoing_requests=cfg.max_ongoing_requests,
         max_queued_requests=cfg.max_queued_requests,
-        autoscaling_config={"min_replicas": cfg.min_replicas, "max_replicas": cfg.max_replicas,
-                            "initial_replicas": cfg.min_replicas,
-                            "target_ongoing_requests": cfg.target_ongoing_requests},
+        autoscaling_config=autoscaling_config(cfg),
         user_config=cfg.user_config(version),
     )
     # an absolute registry path: replicas may run with another working directory
     return deployment.bind(str(Path(cfg.registry).resolve()), version, cfg.device, cfg.half, features, threshold,
                            max(1, int(cfg.num_cpus)), abstain_below)
+
+
+def autoscaling_config(cfg: ServeConfig) -> dict:
+    """Serve's autoscaling_config for the scorer deployment, from settings."""
+    return {"min_replicas": cfg.min_replicas, "max_replicas": cfg.max_replicas, "initial_replicas": cfg.min_replicas,
+            "target_ongoing_requests": cfg.target_ongoing_requests, "upscale_delay_s": cfg.upscale_delay_s,
+            "downscale_delay_s": cfg.downscale_delay_s, "look_back_period_s": cfg.look_back_period_s,
+            "metrics_interval_s": cfg.metrics_interval_s}
 
 
 def app_builder(args: dict):
@@ -204,6 +215,14 @@ def deploy(cfg: ServeConfig, model_version: str | None = None, features: dict | 
         serve.start(proxy_location="Disabled")
     return serve.run(build_app(cfg, model_version, features, threshold, abstain_below), name=cfg.app_name,
                      route_prefix="/" if http else None)
+
+
+def running_replicas(app: str, deployment: str = "LanternScorer") -> int:
+    """Replicas of ``deployment`` in app ``app`` that are running now (0 when the app is gone)."""
+    application = serve.status().applications.get(app)
+    if application is None or deployment not in application.deployments:
+        return 0
+    return int(application.deployments[deployment].replica_states.get("RUNNING", 0))
 
 
 def feature_store_options(cfg) -> dict:

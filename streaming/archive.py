@@ -65,7 +65,7 @@ def read_archive(root: str | Path) -> pa.Table:
 
 
 def run_archive(cfg, q: Questionnaire, out: Path, group_id: str = "lantern-archive", max_events: int | None = None,
-                idle_exit_s: float | None = None, log=lambda msg: None) -> tuple[int, int]:
+                idle_exit_s: float | None = None, log=lambda msg: None, metrics=None) -> tuple[int, int]:
     """The archive consumer group: (archived, skipped) sessions."""
     from streaming.kafka_io import run_group
     from streaming.loop import LoopOptions
@@ -77,5 +77,5 @@ def run_archive(cfg, q: Questionnaire, out: Path, group_id: str = "lantern-archi
         totals[0] += archived
         totals[1] += skipped
 
-    run_group(cfg, group_id, handle, opts=LoopOptions(max_events, idle_exit_s, log=log))
+    run_group(cfg, group_id, handle, opts=LoopOptions(max_events, idle_exit_s, log=log, metrics=metrics))
     return totals[0], totals[1]

@@ -148,8 +148,8 @@ class KafkaScorer:
     ``sink`` given), until stopped (SIGTERM in the main thread, or :meth:`stop`)."""
 
     def __init__(self, scorer, cfg: KafkaConfig, max_events: int | None = None,
-                 idle_exit_s: float | None = None, log=lambda msg: None, sink=None):
-        self.scorer, self.cfg, self.sink, self.log = scorer, cfg, sink, log
+                 idle_exit_s: float | None = None, log=lambda msg: None, sink=None, metrics=None):
+        self.scorer, self.cfg, self.sink, self.log, self.metrics = scorer, cfg, sink, log, metrics
         self.max_events, self.idle_exit_s = max_events, idle_exit_s
         self.stopper = Stopper()
         self.assigned = threading.Event()  # set once the group gave this consumer partitions
@@ -159,7 +159,8 @@ class KafkaScorer:
 
     def run(self) -> ScoreStats:
         sink = self.sink or KafkaSink(self.cfg)
-        opts = LoopOptions(self.max_events, self.idle_exit_s, log=self.log, on_assigned=self.assigned.set)
+        opts = LoopOptions(self.max_events, self.idle_exit_s, log=self.log, on_assigned=self.assigned.set,
+                           metrics=self.metrics)
         try:
             return score_stream(group_consumer(self.cfg, self.cfg.group_id), self.scorer, sink, self.cfg,
                                 self.stopper, opts)

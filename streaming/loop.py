@@ -17,6 +17,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
 
 from kafka import ConsumerRebalanceListener
 from kafka.errors import CommitFailedError
@@ -91,6 +92,7 @@ class LoopOptions:
     log: Callable[[str], None] = lambda msg: None
     on_assigned: Callable[[], None] | None = None
     on_skipped: Callable[[int], None] | None = None  # offsets moved past an unreadable batch
+    metrics: object | None = None  # streaming.metrics.Metrics: records polled, batch size, lag
 
 
 class _Loop:
@@ -146,6 +148,7 @@ class _Loop:
             records = [Record(tp.topic, tp.partition, m.offset, m.key, m.value, m.timestamp, tuple(m.headers or ()))
                        for tp, msgs in polled.items() for m in msgs]
             batch = _Batch(polled, records)
+            self.observe(polled, len(records))
             self.inflight.batches.append(batch)  # in flight before handle can fail
             batch.finish = self.handle(records)
             # a full batch means a backlog: start the next before finishing this one; a partial
@@ -154,6 +157,17 @@ class _Loop:
         self.complete(keep=1 if ahead else 0)
         self.backoff_s, self.idle_since = 0.5, time.monotonic()
         return True
+
+    def observe(self, polled: dict, n: int) -> None:
+        """Records polled per topic, the batch size and the lag of every assigned partition."""
+        metrics = self.opts.metrics
+        if metrics is None:
+            return
+        topics: dict[str, int] = {}
+        for tp, msgs in polled.items():
+            topics[tp.topic] = topics.get(tp.topic, 0) + len(msgs)
+        metrics.polled(topics, n)
+        metrics.lag(partition_lags(self.consumer))
 
     def seek_back(self, exc: OutputsNotAcknowledged) -> None:
         """Nothing more is committed: back to the first uncommitted offsets, after a backoff."""
@@ -232,8 +246,12 @@ def score_stream(consumer, scorer, sink, cfg: KafkaConfig, stopper: Stopper,
     submit = getattr(scorer, "submit", None)
 
     def deliver(result, t0: float) -> None:
+        t_write = time.perf_counter()
         sink.write(result)
         sink.flush()  # outputs acknowledged before the offsets move
+        if opts.metrics is not None:
+            opts.metrics.delivered(len(result.scores), [e.kind for _, e in result.dead],
+                                   time.perf_counter() - t_write, result.completed_at, datetime.now(timezone.utc))
         stats.latencies_s.append(time.perf_counter() - t0)
         stats.scored += len(result.scores)
         stats.dead_lettered += len(result.dead)
@@ -255,6 +273,17 @@ def score_stream(consumer, scorer, sink, cfg: KafkaConfig, stopper: Stopper,
     given = opts.on_skipped
     stats.consumed = consume_loop(consumer, cfg, handle, stopper, replace(opts, on_skipped=skipped))
     return stats
+
+
+def partition_lags(consumer) -> dict[tuple[str, int], int]:
+    """High-watermark − position of every assigned partition the consumer has fetched from (the
+    high-watermark comes with each fetch: right on the embedded broker, unlike ListOffsets)."""
+    lags = {}
+    for tp in consumer.assignment():
+        high = consumer.highwater(tp)
+        if high is not None:
+            lags[(tp.topic, tp.partition)] = max(0, high - consumer.position(tp))
+    return lags
 
 
 def _commit(consumer, polled: dict, log) -> None:

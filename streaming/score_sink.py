@@ -58,12 +58,14 @@ class FeastScoreSink:
     keeps the batch's newest score per user, ``flush`` pushes those newer than what the store holds.
     ``on_batch`` sees every batch's decoded frame (the demo's latency figures)."""
 
-    def __init__(self, store, on_batch: Callable[[pd.DataFrame], None] | None = None):
-        self.store, self.on_batch, self.pending = store, on_batch, []
+    def __init__(self, store, on_batch: Callable[[pd.DataFrame], None] | None = None, metrics=None):
+        self.store, self.on_batch, self.pending, self.metrics = store, on_batch, [], metrics
+        self.pending_records = 0
 
     def write(self, batch: list[Record]) -> None:
         frame = score_frame(batch)
         self.pending.append(latest_per_user(frame))
+        self.pending_records += len(frame)
         if self.on_batch is not None:
             self.on_batch(frame)
 
@@ -73,23 +75,26 @@ class FeastScoreSink:
         if not self.pending:
             return
         latest = latest_per_user(pd.concat(self.pending, ignore_index=True))
-        self.pending = []
+        records, self.pending, self.pending_records = self.pending_records, [], 0
         newer = latest_per_user(latest, stored_completions(self.store, latest["user_id"].tolist()))
         if len(newer):
             push_scores(self.store, newer[FEAST_COLUMNS])
+        if self.metrics is not None:  # a user's older scores and those not newer than the stored one
+            self.metrics.duplicates("score_sink", records - len(newer))
 
 
 def run_score_sink(cfg: KafkaConfig, store, stopper, on_batch: Callable[[pd.DataFrame], None] | None = None,
                    max_events: int | None = None, idle_exit_s: float | None = None,
-                   log=lambda msg: None, group_id: str = SINK_GROUP) -> int:
+                   log=lambda msg: None, group_id: str = SINK_GROUP, metrics=None) -> int:
     """Consume the scores topic into the online store until stopped; returns records consumed."""
     from streaming.kafka_io import run_group
     from streaming.loop import LoopOptions
 
-    sink = FeastScoreSink(store, on_batch)
+    sink = FeastScoreSink(store, on_batch, metrics)
 
     def handle(records: list[Record]) -> None:
         sink.write(records)
         sink.flush()
 
-    return run_group(cfg, group_id, handle, stopper, LoopOptions(max_events, idle_exit_s, cfg.scores_topic, log))
+    return run_group(cfg, group_id, handle, stopper,
+                     LoopOptions(max_events, idle_exit_s, cfg.scores_topic, log, metrics=metrics))

@@ -58,6 +58,7 @@ class ScoredBatch:
     scores: list[tuple[bytes, bytes]] = field(default_factory=list)  # (key, value) for the scores topic
     dead: list[tuple[Record, EventError]] = field(default_factory=list)
     degraded: bool = False  # the feature store was down: sessions scored survey-only
+    completed_at: list[datetime] = field(default_factory=list)  # of each scored session (latency metrics)
 
 
 @dataclass
@@ -76,13 +77,15 @@ class BatchScorer:
     def __init__(self, questionnaire: Questionnaire, features_spec: FeatureSpec, predictor: Predictor,
                  feature_client: FeatureClient | None, threshold: float = 0.5,
                  clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
-                 lookup_attempts: int = 3, lookup_backoff_s: float = 0.1, abstain_below: float = 0.0):
+                 lookup_attempts: int = 3, lookup_backoff_s: float = 0.1, abstain_below: float = 0.0,
+                 metrics=None):
         """``predicted_keys``: each single-select question's most likely option (none where its
         probability is below ``abstain_below``), each multi-select option at ≥ ``threshold``."""
         self.q, self.spec, self.predictor = questionnaire, features_spec, predictor
         self.features, self.threshold, self.clock = feature_client, threshold, clock
         self.layout, self.abstain_below = Layout.of(questionnaire), abstain_below
         self.lookup_attempts, self.lookup_backoff_s = lookup_attempts, lookup_backoff_s
+        self.metrics = metrics  # streaming.metrics.Metrics, or None
 
     def parse(self, records: list[Record]) -> tuple[list[tuple[Record, SessionEvent]], list[tuple[Record, EventError]]]:
         """Valid events, and dead letters for the rest. A record whose key is not its body's
@@ -111,7 +114,12 @@ class BatchScorer:
             return {}, False
         for attempt in range(self.lookup_attempts):
             try:
-                return self.features.model_inputs(user_ids, self.spec), False
+                t0 = time.perf_counter()
+                sources = self.features.model_inputs(user_ids, self.spec)
+                if self.metrics is not None:
+                    self.metrics.looked_up(time.perf_counter() - t0, {n: a.present for n, a in sources.items()},
+                                           len(user_ids))
+                return sources, False
             except FeatureStoreUnavailable:
                 if attempt < self.lookup_attempts - 1:
                     time.sleep(self.lookup_backoff_s * 2 ** attempt)
@@ -128,7 +136,7 @@ class BatchScorer:
 
     def finish(self, enc: Encoded, pred: Prediction | None) -> ScoredBatch:
         """The scores topic's records for an encoded batch and its prediction."""
-        out = ScoredBatch(dead=enc.dead, degraded=enc.degraded)
+        out = ScoredBatch(dead=enc.dead, degraded=enc.degraded, completed_at=[e.completed_at for e in enc.events])
         now = self.clock()
         predicted = decide(pred.probs, self.layout, self.threshold, self.abstain_below) if enc.events else None
         for i, event in enumerate(enc.events):
@@ -137,9 +145,16 @@ class BatchScorer:
                 event, pred.probs[i], self.q, pred.model_version, self.threshold, used,
                 None if np.isnan(pred.gate[i]) else float(pred.gate[i]), now, degraded=enc.degraded,
                 predicted=predicted[i], abstain_below=self.abstain_below)))
+        if self.metrics is not None and enc.events:
+            self.metrics.finished(pred.gate, len(enc.events) if enc.degraded else 0, pred.model_version)
         return out
 
     def score(self, records: list[Record]) -> ScoredBatch:
         enc = self.encode(records)
-        pred = self.predictor.predict(*enc.model_args) if enc.data is not None else None
+        pred = None
+        if enc.data is not None:
+            t0 = time.perf_counter()
+            pred = self.predictor.predict(*enc.model_args)
+            if self.metrics is not None:
+                self.metrics.forwarded(time.perf_counter() - t0)
         return self.finish(enc, pred)

@@ -82,7 +82,7 @@ class MemoryConsumer:
         self.parts: dict[TopicPartition, list[Record]] = {}
         for r in records:
             self.parts.setdefault(TopicPartition(r.topic, r.partition), []).append(r)
-        self.position = {tp: rs[0].offset for tp, rs in self.parts.items()}
+        self.position_of = {tp: rs[0].offset for tp, rs in self.parts.items()}
         self.committed: dict[TopicPartition, int] = {}
         self.max_poll_records, self.rebalance_at_poll, self.polls = max_poll_records, rebalance_at_poll, 0
         self.listener, self.closed, self.commits = None, False, 0
@@ -96,17 +96,26 @@ class MemoryConsumer:
         self.polls += 1
         if self.polls == self.rebalance_at_poll and self.listener is not None:
             self.listener.on_partitions_revoked(set(self.parts))
-            self.position = {tp: self.committed.get(tp, rs[0].offset) for tp, rs in self.parts.items()}
+            self.position_of = {tp: self.committed.get(tp, rs[0].offset) for tp, rs in self.parts.items()}
             self.listener.on_partitions_assigned(set(self.parts))
         out, room = {}, self.max_poll_records
         for tp, rs in self.parts.items():
-            start = self.position[tp] - rs[0].offset
+            start = self.position_of[tp] - rs[0].offset
             take = rs[start:start + room]
             if take:
                 out[tp] = [Message(r.offset, r.key, r.value, r.timestamp_ms, r.headers) for r in take]
-                self.position[tp] = take[-1].offset + 1
+                self.position_of[tp] = take[-1].offset + 1
                 room -= len(take)
         return out
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self.parts)
+
+    def highwater(self, tp: TopicPartition) -> int:
+        return self.parts[tp][-1].offset + 1
+
+    def position(self, tp: TopicPartition) -> int:
+        return self.position_of[tp]
 
     def commit(self, offsets: dict) -> None:
         self.commits += 1
@@ -114,19 +123,20 @@ class MemoryConsumer:
             self.committed[tp] = meta.offset
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
-        self.position[tp] = offset
+        self.position_of[tp] = offset
 
     def close(self, autocommit: bool = False) -> None:
         self.closed = True
 
 
 def run_in_memory(scorer, records: list[Record], sink: MemorySink, batch_size: int = 64,
-                  consumer: MemoryConsumer | None = None) -> MemorySink:
+                  consumer: MemoryConsumer | None = None, metrics=None) -> MemorySink:
     """The scorer's whole loop (streaming.loop.score_stream: poll → score → write → flush →
     commit) over a :class:`MemoryConsumer` of ``records``, until every record is committed."""
     consumer = consumer or MemoryConsumer(records, batch_size)
     cfg = KafkaConfig(max_poll_records=batch_size)
-    score_stream(consumer, scorer, sink, cfg, Stopper(), LoopOptions(max_events=len(records), idle_exit_s=5.0))
+    score_stream(consumer, scorer, sink, cfg, Stopper(),
+                 LoopOptions(max_events=len(records), idle_exit_s=5.0, metrics=metrics))
     return sink
 
 

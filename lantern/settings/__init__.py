@@ -47,6 +47,14 @@ class DemoConfig(BaseModel):
     feature_ttl_days: float = Field(365.0, gt=0)  # the simulated external rows are up to ~6 months old
 
 
+class MetricsConfig(BaseModel):
+    """Prometheus endpoint of `lantern score` / `archive` / `sink-scores` (docs/operations.md)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    host: str = "127.0.0.1"  # loopback unless told otherwise (in a pod: 0.0.0.0)
+    port: int | None = Field(None, ge=0, le=65535)  # None: no endpoint; 0: a free port (printed)
+
+
 class LanternSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LANTERN_", env_nested_delimiter="__", frozen=True,
                                       extra="forbid")
@@ -59,6 +67,7 @@ class LanternSettings(BaseSettings):
     serve: ServeConfig = ServeConfig()
     retrain: RetrainConfig = RetrainConfig()
     demo: DemoConfig = DemoConfig()
+    metrics: MetricsConfig = MetricsConfig()
     threads: int = 0  # torch intra-op threads; 0 = one per core
 
     @classmethod

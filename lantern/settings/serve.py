@@ -29,6 +29,11 @@ class ServeConfig:
     min_replicas: int = 1
     max_replicas: int = 2
     target_ongoing_requests: float = 4.0
+    # how fast the autoscaler reacts (Serve's defaults); docs/operations.md has the measured timeline
+    upscale_delay_s: float = 30.0
+    downscale_delay_s: float = 600.0
+    look_back_period_s: float = 30.0
+    metrics_interval_s: float = 10.0
     # HTTP ingress (POST /score, GET /healthz), loopback unless told otherwise
     http_host: str = "127.0.0.1"
     http_port: int = 8000

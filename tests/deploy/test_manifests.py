@@ -174,3 +174,25 @@ def test_dockerfile_copies_every_package():
     dockerfile = (DEPLOY / "Dockerfile").read_text()
     for package in packages:
         assert f"COPY {package} {package}" in dockerfile, package
+
+
+def test_prometheus_scrapes_ray_and_lantern_metrics_where_they_are_served(monkeypatch):
+    """Every Ray pod exports Ray's endpoint (Serve replicas' lantern metrics included) on the port its
+    scrape annotation names; every plain consumer serves lantern's metrics on its annotated port."""
+    (service,) = kind("kuberay/rayservice.yaml", "RayService")
+    cluster = service["spec"]["rayClusterConfig"]
+    for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
+        port = group["rayStartParams"]["metrics-export-port"]
+        template = group["template"]
+        assert template["metadata"]["annotations"] == {"prometheus.io/scrape": "true", "prometheus.io/port": port}
+        (container,) = template["spec"]["containers"]
+        assert {"containerPort": int(port), "name": "metrics"} in container["ports"]
+    (config_map,) = kind("kubernetes.yaml", "ConfigMap")
+    s = _env_settings(monkeypatch, {k: v for k, v in config_map["data"].items() if k.startswith("LANTERN_")})
+    assert s.metrics.host == "0.0.0.0" and s.metrics.port
+    for deployment in kind("kubernetes.yaml", "Deployment"):
+        template = deployment["spec"]["template"]
+        assert template["metadata"]["annotations"]["prometheus.io/port"] == str(s.metrics.port)
+        (container,) = template["spec"]["containers"]
+        assert {"containerPort": s.metrics.port, "name": "metrics"} in container["ports"]
+        assert "--metrics-port" not in container["command"]  # the port comes from the settings

@@ -34,11 +34,16 @@ def registry(model_dirs, tmp_path):
 
 @pytest.fixture(scope="session")
 def ray_cluster():
-    """One local Ray for the session (2 CPUs, no dashboard); Serve and Ray stopped at the end."""
+    """One local Ray for the session (2 CPUs, no dashboard); Serve and Ray stopped at the end.
+    Yields the URL of Ray's Prometheus endpoint (metrics reported every second)."""
     import ray
     from ray import serve
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
+    from devtools.servers import free_port
+
+    port = free_port()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _metrics_export_port=port,
+             _system_config={"metrics_report_interval_ms": 1000})
+    yield f"http://127.0.0.1:{port}/metrics"
     serve.shutdown()
     ray.shutdown()

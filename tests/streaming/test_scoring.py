@@ -14,25 +14,9 @@ from lantern.settings.kafka import DLQ_TOPIC, SCORES_TOPIC
 from model.data import encode_sessions, to_batch
 from model.inference import InProcessPredictor
 from model.outputs import key_probs
-from model.train import TrainConfig, fit, prepare
 from streaming.events import decode_probabilities, sessions_to_events
 from streaming.scoring import BatchScorer
 from streaming.testing import FakeFeatures, MemoryConsumer, MemorySink, ThreadScorer, memory_source, run_in_memory
-
-
-@pytest.fixture(scope="module")
-def trained(small_ds):
-    tc = TrainConfig(variant="lantern", epochs=1, batch_size=128, seed=3)
-    prep = prepare(small_ds, tc)
-    model, _ = fit(prep, tc, progress=False)
-    return prep, model
-
-
-@pytest.fixture(scope="module")
-def scorer(small_ds, trained):
-    prep, model = trained
-    return BatchScorer(small_ds.questionnaire, prep.features, InProcessPredictor(model, "v-test"),
-                       FakeFeatures(small_ds.external))
 
 
 def _offline(small_ds, scorer, sessions):
