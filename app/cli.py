@@ -244,6 +244,7 @@ def _register() -> None:
     bench_app.command("train")(cli_ray.bench_train_cmd)
     bench_app.command("autoscale")(cli_ray.bench_autoscale_cmd)
     bench_app.command("stream")(cli_streaming.bench_stream_cmd)
+    bench_app.command("gpu")(cli_streaming.bench_gpu_cmd)
 
 
 _register()

@@ -78,14 +78,17 @@ def _concurrent_rate(fn, batches, callers: int) -> float:
     return callers * sum(len(b) for b in batches) / (time.perf_counter() - t0)
 
 
-def bench_serve(settings, users: int = 3000, rows: int = 4096, rounds: int = 3, log=print) -> dict:
+def bench_serve(settings, users: int = 3000, rows: int = 4096, rounds: int = 3, log=print, preset: str = "small",
+                batches: tuple[int, ...] = BATCHES) -> dict:
+    """Rows/s through the Serve app vs the same model in process, per micro-batch size. The
+    replica's placement (``num_gpus``, ``half``, ``device``) comes from ``settings.serve``."""
     from ray import serve
 
     from devtools.bench_features import historic_store
     from features.lookup import OnlineLookup
     from lantern.dataset.simulate import simulate
     from model.checkpoint import tuned_threshold
-    from model.inference import InProcessPredictor
+    from model.inference import InProcessPredictor, resolve_device
     from ray_jobs.cluster import connect, stop
     from ray_jobs.serve import ServeScorer, deploy, feature_store_options
     from streaming.events import sessions_to_events
@@ -96,22 +99,25 @@ def bench_serve(settings, users: int = 3000, rows: int = 4096, rounds: int = 3, 
     events = sessions_to_events(ds.sessions)
     with tempfile.TemporaryDirectory(prefix="lantern-bench-serve-") as tmp:
         root = Path(tmp)
-        reg, prep, model = trained_registry(root, ds, settings, log)
-        half = half_precision_effect(model, prep.test)
+        reg, prep, model = trained_registry(root, ds, settings, log, preset=preset)
+        device = str(resolve_device(settings.serve.device))
+        half = half_precision_effect(model.to(device), prep.test, device)
         log(f"fp16 autocast vs fp32: F1 {half['f1_fp16']:.5f} vs {half['f1_fp32']:.5f} "
             f"(delta {half['f1_delta']:+.5f}), {half['decisions_flipped']} of {half['decisions']} decisions flipped")
         # fresh at the wall clock the scorers use
         store, fcfg, _ = historic_store(ds, "sqlite", root / "features", ttl_days=10_000, log=log)
-        loaded = reg.load()
-        local = BatchScorer(loaded.questionnaire, loaded.features, InProcessPredictor(loaded.model, "v0001"),
+        loaded = reg.load(None, device)
+        local = BatchScorer(loaded.questionnaire, loaded.features, InProcessPredictor(loaded.model, "v0001", device),
                             OnlineLookup(store), tuned_threshold(loaded.meta))
         cfg = replace(settings.serve, registry=root / "registry", min_replicas=1, max_replicas=1, num_cpus=1)
-        connect(None, num_cpus=2)
+        gpus = {"num_gpus": 1} if cfg.num_gpus else {}
+        connect(None, num_cpus=2, **gpus)
         try:
             remote = ServeScorer(deploy(cfg, features=feature_store_options(fcfg), http=False))
-            result = {"users": users, "torch_threads": 1, "replicas": 1, "max_batch_size": cfg.max_batch_size,
+            result = {"users": users, "preset": preset, "device": device, "num_gpus": cfg.num_gpus, "half": cfg.half,
+                      "torch_threads": 1, "replicas": 1, "max_batch_size": cfg.max_batch_size,
                       "half_precision": half, "batches": {}}
-            for size in BATCHES:
+            for size in batches:
                 batches = [[Record("bench", 0, i + j, k, v) for j, (k, v) in enumerate(events[i:i + size])]
                            for i in range(0, min(len(events), max(rows, 4 * size)) - size + 1, size)]
                 local.score(batches[0]), remote.score(batches[0])  # warm both

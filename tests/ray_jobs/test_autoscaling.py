@@ -34,7 +34,7 @@ def test_the_scorer_app_scales_up_under_load_and_back_down_with_no_failed_reques
             result = run_autoscale(handle, cfg.app_name, records, cfg.min_replicas, clients=4, hold_s=3.0,
                                    max_wait_s=90.0, log=lambda m: None)
         finally:
-            serve.delete(cfg.app_name)
+            serve.shutdown()  # Serve started without HTTP here: later tests start it with HTTP
     assert result["failed"] == 0, result["failures"]
     assert result["model_versions"] == ["v0001"]
     assert result["max_replicas"] >= 2 and result["scale_up_after_s"] is not None, result["timeline"]

@@ -57,7 +57,7 @@ def test_replica_metrics_on_rays_endpoint_count_exactly_what_was_sent(ray_cluste
                 break
             time.sleep(0.5)
     finally:
-        serve.delete(app)
+        serve.shutdown()  # Serve started without HTTP here: later tests start it with HTTP
     total = {name: sum(s.value for s in samples) for name, samples in got.items()}
     scores = [json.loads(v) for _, v in first.scores + second.scores]
     assert total["ray_lantern_sessions_looked_up_total"] == N_VALID
