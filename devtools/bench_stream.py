@@ -144,7 +144,7 @@ def _setup(settings: LanternSettings, bench: StreamBench, root, log):
     from lantern.settings import local_run
     from model.checkpoint import tuned_threshold
     from model.inference import resolve_device
-    from streaming.scoring import BatchScorer
+    from streaming.scoring import BatchCodec
 
     s = local_run(settings, root)
     s = s.model_copy(update={"simulate": replace(s.simulate, users=bench.events),
@@ -155,7 +155,7 @@ def _setup(settings: LanternSettings, bench: StreamBench, root, log):
     store, _, _ = fill_online(s.features, ds)
     registry, _, _ = trained_registry(root, ds, s, log, preset=bench.preset)
     loaded = registry.load(None, str(resolve_device(s.serve.device)))  # the replicas' device: a GPU when there is one
-    scorer = BatchScorer(loaded.questionnaire, loaded.features, None, OnlineLookup(store),
+    scorer = BatchCodec(loaded.questionnaire, loaded.features, OnlineLookup(store),
                          tuned_threshold(loaded.meta, s.demo.threshold))
     return s, ds, scorer, loaded.model.eval()
 

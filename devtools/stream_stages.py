@@ -18,7 +18,7 @@ import torch
 
 from lantern.settings.kafka import KafkaConfig
 from model.inference import Prediction
-from streaming.scoring import BatchScorer, Encoded, Record
+from streaming.scoring import BatchCodec, Encoded, Record
 
 STAGES = ("consume", "parse", "features", "encode", "model", "produce")
 
@@ -81,7 +81,7 @@ def _timed(fn: Callable, items: list) -> tuple[float, list]:
         gc.unfreeze()
 
 
-def measure_stages(cfg: KafkaConfig, topic: str, expected: int, scorer: BatchScorer, model: torch.nn.Module,
+def measure_stages(cfg: KafkaConfig, topic: str, expected: int, scorer: BatchCodec, model: torch.nn.Module,
                    produce_topic: str) -> StageTimes:
     """Each stage alone over the same ``expected`` records of ``topic``, in micro-batches, on one
     core: the costs per event add up (:meth:`StageTimes.bound_eps`)."""

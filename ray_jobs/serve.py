@@ -1,7 +1,7 @@
 """Ray Serve: the ``LanternScorer`` deployment, its HTTP routes, and the handle-side scorer.
 
 A replica holds one served version — model, questionnaire, feature spec and a
-:class:`streaming.scoring.BatchScorer` — loaded from the registry in ``__init__`` and swapped by
+:class:`streaming.scoring.BatchCodec` — loaded from the registry in ``__init__`` and swapped by
 ``reconfigure`` when ``user_config["model_version"]`` changes. Encoding lives in the replica
 because the feature spec belongs to the model version: a hot swap can never pair one version's
 vocabularies with another's weights. Per request (one micro-batch of Kafka records): parse,
@@ -34,14 +34,14 @@ from model.inference import Prediction, forward, resolve_device
 from model.registry import Registry
 from streaming.events import MAX_EVENT_BYTES
 from streaming.metrics import Metrics
-from streaming.scoring import BatchScorer, Encoded, Record, ScoredBatch
+from streaming.scoring import BatchCodec, Encoded, Record, ScoredBatch
 
 
 @dataclass
 class Served:
     version: str
     model: torch.nn.Module
-    scorer: BatchScorer  # encodes with this version's questionnaire and feature spec
+    scorer: BatchCodec  # encodes with this version's questionnaire and feature spec
 
 
 def _concat(parts: list[Encoded]) -> tuple:
@@ -77,7 +77,7 @@ class LanternScorer:
     def _load(self, version: str | None) -> Served:
         loaded = self.registry.load(version, str(self.device))
         version = loaded.meta.get("version", version)
-        return Served(version, loaded.model, BatchScorer(loaded.questionnaire, loaded.features, None, self.features,
+        return Served(version, loaded.model, BatchCodec(loaded.questionnaire, loaded.features, self.features,
                                                          tuned_threshold(loaded.meta, self.threshold),
                                                          abstain_below=self.abstain_below, metrics=self.metrics))
 

@@ -73,15 +73,19 @@ class Encoded:
         return self.data.survey.q_idx, self.data.survey.sel, self.data.sources
 
 
-class BatchScorer:
-    def __init__(self, questionnaire: Questionnaire, features_spec: FeatureSpec, predictor: Predictor,
+class BatchCodec:
+    """Everything around the model for a micro-batch: ``encode`` (parse, dead-letter, look up,
+    encode) before it and ``finish`` (score records) after it. A Serve replica runs its forward pass
+    in between (batched across requests); :class:`BatchScorer` adds an in-process predictor."""
+
+    def __init__(self, questionnaire: Questionnaire, features_spec: FeatureSpec,
                  feature_client: FeatureClient | None, threshold: float = 0.5,
                  clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
                  lookup_attempts: int = 3, lookup_backoff_s: float = 0.1, abstain_below: float = 0.0,
                  metrics=None):
         """``predicted_keys``: each single-select question's most likely option (none where its
         probability is below ``abstain_below``), each multi-select option at ≥ ``threshold``."""
-        self.q, self.spec, self.predictor = questionnaire, features_spec, predictor
+        self.q, self.spec = questionnaire, features_spec
         self.features, self.threshold, self.clock = feature_client, threshold, clock
         self.layout, self.abstain_below = Layout.of(questionnaire), abstain_below
         self.lookup_attempts, self.lookup_backoff_s = lookup_attempts, lookup_backoff_s
@@ -148,6 +152,17 @@ class BatchScorer:
         if self.metrics is not None and enc.events:
             self.metrics.finished(pred.gate, len(enc.events) if enc.degraded else 0, pred.model_version)
         return out
+
+
+
+class BatchScorer(BatchCodec):
+    """:class:`BatchCodec` with a predictor: ``score(records)`` does the whole micro-batch."""
+
+    def __init__(self, questionnaire: Questionnaire, features_spec: FeatureSpec, predictor: Predictor,
+                 feature_client: FeatureClient | None, threshold: float = 0.5, **options):
+        super().__init__(questionnaire, features_spec, feature_client, threshold, **options)
+        assert predictor is not None, "a BatchScorer scores: give it a predictor (BatchCodec has none)"
+        self.predictor = predictor
 
     def score(self, records: list[Record]) -> ScoredBatch:
         enc = self.encode(records)
