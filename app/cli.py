@@ -243,6 +243,7 @@ def _register() -> None:
     bench_app.command("serve")(cli_ray.bench_serve_cmd)
     bench_app.command("train")(cli_ray.bench_train_cmd)
     bench_app.command("autoscale")(cli_ray.bench_autoscale_cmd)
+    bench_app.command("model")(cli_ray.bench_model_cmd)
     bench_app.command("stream")(cli_streaming.bench_stream_cmd)
     bench_app.command("gpu")(cli_streaming.bench_gpu_cmd)
 

@@ -110,6 +110,20 @@ def bench_serve_cmd(ctx: typer.Context, data: Annotated[Optional[Path], typer.Op
     out.print(f"results in {json_out}")
 
 
+def bench_model_cmd(ctx: typer.Context,
+                    json_out: Annotated[Path, typer.Option("--json")] = Path("reports/bench_model.json"),
+                    users: Annotated[int, typer.Option(help="Users to train the benchmark model on.")] = 3000,
+                    rounds: Annotated[int, typer.Option(min=1, help="Interleaved rounds (medians).")] = 5):
+    """The model stage per core: eager forward vs int8 dynamic quantization vs torch.compile, side by side."""
+    from devtools.bench_model import bench_model
+
+    s = settings_for(ctx)
+    result = bench_model(s, users=users, rounds=rounds, log=console.print)
+    json_out.parent.mkdir(parents=True, exist_ok=True)
+    json_out.write_text(json.dumps(result, indent=1))
+    out.print(f"results in {json_out}")
+
+
 def bench_autoscale_cmd(ctx: typer.Context,
                         json_out: Annotated[Path, typer.Option("--json")] = Path("reports/bench_autoscale.json"),
                         users: Annotated[int, typer.Option(help="Users to train the benchmark model on.")] = 2000,
