@@ -6,7 +6,6 @@ contract, 4 model problem, 6 `lantern status` found a component down. Errors pri
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from app.cli_common import BootstrapOpt, ConfigOpt, console, out, settings_for
+from app.cli_common import BootstrapOpt, ConfigOpt, console, out, settings_for, write_json
 from lantern.errors import LanternError
 
 app = typer.Typer(help="lantern — streaming scoring for survey-fusion models.", no_args_is_help=True,
@@ -130,8 +129,7 @@ def evaluate(
     report = run(loaded.model, prep.test, ds.questionnaire, prep.rare, [x.name for x in loaded.features.sources],
                  multi_threshold=tuned_threshold(loaded.meta))
     if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(report, indent=1, default=float))
+        write_json(json_out, report, default=float)
     m = report["micro"]
     out.print(f"{report['variant']}: log loss {report['log_loss']:.4f}, F1 {m['f1']:.4f} (P {m['precision']:.4f}, "
               f"R {m['recall']:.4f}), rare F1 {report['rare']['f1']:.4f}, frequent F1 {report['frequent']['f1']:.4f}, "

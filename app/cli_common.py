@@ -53,6 +53,15 @@ def start_metrics(s: LanternSettings):
     return Metrics.prometheus(registry)
 
 
+def write_json(path: Path, result: dict, default=None) -> Path:
+    """A command's result as indented JSON at ``path`` (its folder created)."""
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1, default=default))
+    return path
+
+
 def kafka_overrides(bootstrap: str | None) -> dict:
     """--bootstrap, else $KAFKA_BOOTSTRAP (read here, at the entry point)."""
     return {"bootstrap": bootstrap or os.environ.get("KAFKA_BOOTSTRAP")}

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from app.cli_common import OnlineOpt, RepoOpt, console, out, settings_for
+from app.cli_common import OnlineOpt, RepoOpt, console, out, settings_for, write_json
 
 
 def features_apply(ctx: typer.Context, data: Annotated[Optional[Path], typer.Option(help="Dataset directory.")] = None,
@@ -65,8 +64,7 @@ def bench_features_cmd(
 
     s = settings_for(ctx, paths=dict(data=data))
     result = bench_features(load_dataset(s.paths.data), tuple(stores.split(",")), log=console.print)
-    json_out.parent.mkdir(parents=True, exist_ok=True)
-    json_out.write_text(json.dumps(result, indent=1))
+    write_json(json_out, result)
     out.print(f"results in {json_out}")
 
 

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from app.cli_common import console, out, resolve_ray_address, settings_for
+from app.cli_common import console, out, resolve_ray_address, settings_for, write_json
 
 RegistryOpt = Annotated[Optional[Path], typer.Option("--registry", help="Registry directory (default registry/).")]
 AddressOpt = Annotated[Optional[str], typer.Option(
@@ -105,8 +105,7 @@ def bench_serve_cmd(ctx: typer.Context, data: Annotated[Optional[Path], typer.Op
 
     s = settings_for(ctx, paths=dict(data=data))
     result = bench_serve(s, users=users, log=console.print)
-    json_out.parent.mkdir(parents=True, exist_ok=True)
-    json_out.write_text(json.dumps(result, indent=1))
+    write_json(json_out, result)
     out.print(f"results in {json_out}")
 
 
@@ -119,8 +118,7 @@ def bench_model_cmd(ctx: typer.Context,
 
     s = settings_for(ctx)
     result = bench_model(s, users=users, rounds=rounds, log=console.print)
-    json_out.parent.mkdir(parents=True, exist_ok=True)
-    json_out.write_text(json.dumps(result, indent=1))
+    write_json(json_out, result)
     out.print(f"results in {json_out}")
 
 
@@ -133,8 +131,7 @@ def bench_autoscale_cmd(ctx: typer.Context,
 
     s = settings_for(ctx)
     result = bench_autoscale(s, users, clients, log=console.print)
-    json_out.parent.mkdir(parents=True, exist_ok=True)
-    json_out.write_text(json.dumps(result, indent=1))
+    write_json(json_out, result)
     out.print(f"{result['requests']} requests, {result['failed']} failed, replicas 1 → {result['max_replicas']} → "
               f"{result['final_replicas']}; results in {json_out}")
 
@@ -176,6 +173,5 @@ def bench_train_cmd(ctx: typer.Context, json_out: Annotated[Path, typer.Option("
 
     s = settings_for(ctx)
     result = bench_train(s, users=users, epochs=epochs, log=console.print)
-    json_out.parent.mkdir(parents=True, exist_ok=True)
-    json_out.write_text(json.dumps(result, indent=1))
+    write_json(json_out, result)
     out.print(f"results in {json_out}")

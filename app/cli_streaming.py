@@ -18,6 +18,7 @@ from app.cli_common import (
     resolve_ray_address,
     settings_for,
     start_metrics,
+    write_json,
 )
 
 
@@ -192,8 +193,7 @@ def bench_stream_cmd(
     bench = StreamBench(events=events, actors=tuple(int(a) for a in actors.split(",")),
                         latency_seconds=latency_seconds, preset=preset)
     result = run_bench_stream(s, bench, kafka_overrides(bootstrap)["bootstrap"], log=console.print)
-    json_out.parent.mkdir(parents=True, exist_ok=True)
-    json_out.write_text(json.dumps(result, indent=1))
+    write_json(json_out, result)
     out.print(json.dumps({k: result[k] for k in ("throughput_eps", "latency_ms", "ceilings_eps",
                                                 "ratio_to_consume_ceiling", "runs", "scaling")}, indent=1))
     out.print(f"results in {json_out}")
@@ -207,13 +207,10 @@ def bench_gpu_cmd(
 ):
     """The GPU check: paper preset through bench serve (fp16, one GPU) and bench stream (num_gpus=1),
     fp16's F1 delta; one JSON, under 8 minutes on a GPU machine."""
-    import json
-
     from devtools.gpu_check import run_gpu_check
 
     s = settings_for(ctx)
     result = run_gpu_check(s, dry_run, kafka_overrides(bootstrap)["bootstrap"], log=console.print)
-    json_out.parent.mkdir(parents=True, exist_ok=True)
-    json_out.write_text(json.dumps(result, indent=1, default=str))
+    write_json(json_out, result, default=str)
     out.print(f"GPU check {'(dry run) ' if dry_run else ''}done in {result['seconds']['total']:.0f} s: "
               f"fp16 F1 delta {result['fp16']['f1_delta']:+.5f}; results in {json_out}")

@@ -56,12 +56,12 @@ def bench_model(settings, users: int = 3000, events: int = 4096, rounds: int = 5
     data = prep.data.take(np.arange(min(events, len(prep.data))))
     paths = _paths(model)
     reference = _predict(model, test.data)
+    ref_f1 = decision_f1(reference, test.y, test.loss_mask, layout, threshold)["f1"]
     result = {"users": users, "events": len(data), "torch_threads": 1, "paths": {}}
     for name, m in paths.items():
         t0 = time.perf_counter()
         probs = _predict(m, test.data)  # also warms up (and compiles) the path
         f1 = decision_f1(probs, test.y, test.loss_mask, layout, threshold)["f1"]
-        ref_f1 = decision_f1(reference, test.y, test.loss_mask, layout, threshold)["f1"]
         result["paths"][name] = {"max_abs_dp": float(np.abs(probs - reference).max()), "f1": f1,
                                  "f1_delta": f1 - ref_f1, "first_pass_s": time.perf_counter() - t0, "eps": []}
     for _ in range(rounds):  # interleaved: every path once per round

@@ -63,9 +63,14 @@ def layouts_of(ds: Dataset) -> list[SourceLayout]:
     return [SourceLayout.from_schema(name, ds.external[name].schema) for name in sorted(ds.external)]
 
 
+def offline_setting(cfg: FeatureStoreConfig) -> str:
+    """The packed offline parquet's folder as the file sources name it (relative: from the repo)."""
+    return str(cfg.offline) if cfg.offline is not None else OFFLINE_DIR
+
+
 def offline_dir(cfg: FeatureStoreConfig) -> Path:
-    """Where the packed offline parquet lives (relative settings are from the repo)."""
-    return Path(cfg.repo) / (cfg.offline if cfg.offline is not None else OFFLINE_DIR)
+    """Where the packed offline parquet lives on this machine."""
+    return Path(cfg.repo) / offline_setting(cfg)
 
 
 def apply(store: FeatureStore, ds: Dataset, cfg: FeatureStoreConfig) -> list[SourceLayout]:
@@ -80,7 +85,7 @@ def apply(store: FeatureStore, ds: Dataset, cfg: FeatureStoreConfig) -> list[Sou
         path = offline / f"{view}.parquet"
         if not path.exists():  # a push source's batch source: `feast materialize` reads it
             pq.write_table(schema.empty_table(), path)
-    where = str(cfg.offline if cfg.offline is not None else OFFLINE_DIR)
+    where = offline_setting(cfg)
     (repo / DEFINITIONS).write_text(render_definitions(layouts, cfg.ttl_days, where))
     store.apply(list(build_objects(layouts, cfg.ttl_days, where).values()))
     return layouts

@@ -115,6 +115,7 @@ class Metrics:
 
     def __init__(self, backend):
         self._m = {name: backend.make(name, spec) for name, spec in SPECS.items()}
+        self._version: str | None = None  # the model_info label set now
 
     @classmethod
     def prometheus(cls, registry=None) -> Metrics:
@@ -149,7 +150,7 @@ class Metrics:
         self.model_version(model_version)
 
     def model_version(self, version: str) -> None:
-        if getattr(self, "_version", None) != version:
+        if self._version != version:
             self._m["lantern_model_info"].clear()
             self._m["lantern_model_info"].record(1.0, {"model_version": version})
             self._version = version
