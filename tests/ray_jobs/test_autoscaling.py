@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_the_scorer_app_scales_up_under_load_and_back_down_with_no_failed_request(
-        ray_cluster, model_dirs, recent_ds, tmp_path, capfd):
+        ray_cluster, model_dirs, recent_ds, tmp_path):
     from ray_jobs.serve import deploy
 
     reg = Registry(tmp_path / "registry")
@@ -27,14 +27,12 @@ def test_the_scorer_app_scales_up_under_load_and_back_down_with_no_failed_reques
                       target_ongoing_requests=1.0, max_ongoing_requests=8, max_batch_size=4,
                       upscale_delay_s=1.0, downscale_delay_s=2.0, look_back_period_s=2.0, metrics_interval_s=0.5)
     records = [Record("in", 0, i, k, v) for i, (k, v) in enumerate(sessions_to_events(recent_ds.sessions.slice(0, 64)))]
-    # the handles' load reports reach Serve's autoscaler only with pytest's output capture off
-    with capfd.disabled():
-        handle = deploy(cfg, http=False)
-        try:
-            result = run_autoscale(handle, cfg.app_name, records, cfg.min_replicas, clients=4, hold_s=3.0,
-                                   max_wait_s=90.0, log=lambda m: None)
-        finally:
-            serve.shutdown()  # Serve started without HTTP here: later tests start it with HTTP
+    handle = deploy(cfg, http=False)
+    try:
+        result = run_autoscale(handle, cfg.app_name, records, cfg.min_replicas, clients=4, hold_s=3.0,
+                               max_wait_s=90.0, log=lambda m: None)
+    finally:
+        serve.shutdown()  # Serve started without HTTP here: later tests start it with HTTP
     assert result["failed"] == 0, result["failures"]
     assert result["model_versions"] == ["v0001"]
     assert result["max_replicas"] >= 2 and result["scale_up_after_s"] is not None, result["timeline"]
