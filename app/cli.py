@@ -230,6 +230,7 @@ def _register() -> None:
 
     features_app.command("apply")(cli_features.features_apply)
     features_app.command("materialize")(cli_features.features_materialize)
+    features_app.command("encode")(cli_features.features_encode)
     features_app.command("training-set")(cli_features.features_training_set)
     bench_app.command("features")(cli_features.bench_features_cmd)
     for command in (cli_streaming.broker, cli_streaming.replay, cli_streaming.score, cli_streaming.archive,

@@ -70,3 +70,15 @@ def kafka_overrides(bootstrap: str | None) -> dict:
 def resolve_ray_address(flag: str | None) -> str | None:
     """--ray-address, else $RAY_ADDRESS (read here, at the entry point); None: a local Ray."""
     return flag or os.environ.get("RAY_ADDRESS") or None
+
+
+def champion_dir(s: LanternSettings) -> Path:
+    """The registry champion's model directory (a clear error when there is none)."""
+    from lantern.errors import ModelError
+    from model.registry import Registry
+
+    reg = Registry(s.serve.registry)
+    if reg.champion() is None:
+        raise ModelError(f"no --model given and the registry {reg.root} has no champion "
+                         f"(lantern register --model DIR, then lantern promote VERSION)")
+    return reg.path(reg.champion())

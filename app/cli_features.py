@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from app.cli_common import OnlineOpt, RepoOpt, console, out, settings_for, write_json
+from app.cli_common import OnlineOpt, RepoOpt, champion_dir, console, out, settings_for, write_json
 
 
 def features_apply(ctx: typer.Context, data: Annotated[Optional[Path], typer.Option(help="Dataset directory.")] = None,
@@ -20,7 +20,8 @@ def features_apply(ctx: typer.Context, data: Annotated[Optional[Path], typer.Opt
     s = settings_for(ctx, paths=dict(data=data), features=dict(repo=repo, online=online))
     layouts = apply(open_store(s.features), load_dataset(s.paths.data), s.features)
     out.print(f"applied {len(layouts)} feature views ({', '.join(x.name for x in layouts)}), FeatureService "
-              f"lantern_v1, the lantern_scores push view and the lantern_v1_vector view to {s.features.repo}")
+              f"lantern_v1, the lantern_scores push view and the lantern_v1_vector and lantern_v1_encoding views "
+              f"to {s.features.repo}")
 
 
 def features_materialize(ctx: typer.Context, repo: RepoOpt = None, online: OnlineOpt = None):
@@ -33,6 +34,27 @@ def features_materialize(ctx: typer.Context, repo: RepoOpt = None, online: Onlin
     users = materialize_online(open_store(s.features), s.features)
     out.print(f"materialized into the {s.features.online} online store, {users} user vectors precomputed, "
               f"in {time.perf_counter() - t0:.1f} s")
+
+
+def features_encode(
+    ctx: typer.Context,
+    model: Annotated[Optional[Path], typer.Option(
+        help="Model directory (lantern train); default: the registry's champion.")] = None,
+    repo: RepoOpt = None, online: OnlineOpt = None,
+):
+    """Store every user's external encoding by one model version online (after materialize): the
+    scorer serving that model reads it instead of encoding the user's sources for every event."""
+    from features.online import encode_online, source_users
+    from features.store import open_store
+    from model.checkpoint import load_model
+
+    s = settings_for(ctx, features=dict(repo=repo, online=online))
+    model = model or champion_dir(s)
+    loaded, store = load_model(model), open_store(s.features)
+    t0 = time.perf_counter()
+    users = encode_online(store, loaded, loaded.version(model), source_users(store, s.features))
+    out.print(f"stored {users} users' external encodings by model {loaded.version(model)} in the "
+              f"{s.features.online} online store, in {time.perf_counter() - t0:.1f} s")
 
 
 def features_training_set(

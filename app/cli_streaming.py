@@ -12,6 +12,7 @@ import typer
 from app.cli_common import (
     BootstrapOpt,
     MetricsPortOpt,
+    champion_dir,
     console,
     kafka_overrides,
     out,
@@ -96,14 +97,7 @@ def score(
 
     s = settings_for(ctx, kafka=kafka_overrides(bootstrap), metrics=dict(port=metrics_port))
     if model is None and not use_serve:  # the Serve app loads the registry's champion itself
-        from lantern.errors import ModelError
-        from model.registry import Registry
-
-        reg = Registry(s.serve.registry)
-        if reg.champion() is None:
-            raise ModelError(f"no --model given and the registry {reg.root} has no champion "
-                             f"(lantern register --model DIR, then lantern promote VERSION)")
-        model = reg.path(reg.champion())
+        model = champion_dir(s)
     if use_serve or ray_actors:
         from ray_jobs.cluster import connect
 
@@ -180,22 +174,29 @@ def bench_stream_cmd(
     = "1,2",
     latency_seconds: Annotated[float, typer.Option(min=1, help="Paced replay per load level.")] = 20.0,
     preset: Annotated[str, typer.Option(help="Model preset: small | paper.")] = "small",
+    paths: Annotated[str, typer.Option(help="Comma-separated model paths the pipeline runs: stored_external "
+                                            "(each user's external encoding stored ahead), eager.")]
+    = "stored_external,eager",
     json_out: Annotated[Path, typer.Option("--json")] = Path("reports/bench_stream.json"),
     bootstrap: BootstrapOpt = None,
 ):
     """End-to-end scored events/s through Kafka + Feast + Ray Serve, latency at 50 % / 90 % load,
-    and each stage's own ceiling on the same messages."""
+    and each stage's own ceiling on the same messages, per model path."""
     import json
 
-    from devtools.bench_stream import StreamBench, run_bench_stream
+    from devtools.bench_stream import MODEL_PATHS, StreamBench, run_bench_stream
 
+    chosen = tuple(p.strip() for p in paths.split(",") if p.strip())
+    if not chosen or set(chosen) - set(MODEL_PATHS):
+        raise typer.BadParameter(f"--paths takes some of {', '.join(MODEL_PATHS)}; got {paths!r}")
     s = settings_for(ctx)
     bench = StreamBench(events=events, actors=tuple(int(a) for a in actors.split(",")),
-                        latency_seconds=latency_seconds, preset=preset)
+                        latency_seconds=latency_seconds, preset=preset, paths=chosen)
     result = run_bench_stream(s, bench, kafka_overrides(bootstrap)["bootstrap"], log=console.print)
     write_json(json_out, result)
-    out.print(json.dumps({k: result[k] for k in ("throughput_eps", "latency_ms", "ceilings_eps",
-                                                "ratio_to_consume_ceiling", "runs", "scaling")}, indent=1))
+    out.print(json.dumps({k: result[k] for k in ("model_path", "throughput_eps", "latency_ms", "ceilings_eps",
+                                                "ratio_to_consume_ceiling", "runs", "scaling", "stages_by_path")},
+                         indent=1))
     out.print(f"results in {json_out}")
 
 

@@ -80,12 +80,14 @@ def _concurrent_rate(fn, batches, callers: int) -> float:
 
 def bench_serve(settings, users: int = 3000, rows: int = 4096, rounds: int = 3, log=print, preset: str = "small",
                 batches: tuple[int, ...] = BATCHES) -> dict:
-    """Rows/s through the Serve app vs the same model in process, per micro-batch size. The
-    replica's placement (``num_gpus``, ``half``, ``device``) comes from ``settings.serve``."""
+    """Rows/s through the Serve app vs the same model in process, per micro-batch size; in process
+    both with the sources encoded per event (eager) and with each user's external encoding stored
+    ahead (what the replica reads), side by side. The replica's placement (``num_gpus``, ``half``, ``device``) comes from ``settings.serve``."""
     from ray import serve
 
     from devtools.bench_features import historic_store
     from features.lookup import OnlineLookup
+    from features.online import encode_online, source_users
     from lantern.dataset.simulate import simulate
     from model.checkpoint import tuned_threshold
     from model.inference import InProcessPredictor, resolve_device
@@ -107,8 +109,11 @@ def bench_serve(settings, users: int = 3000, rows: int = 4096, rounds: int = 3, 
         # fresh at the wall clock the scorers use
         store, fcfg, _ = historic_store(ds, "sqlite", root / "features", ttl_days=10_000, log=log)
         loaded = reg.load(None, device)
-        local = BatchScorer(loaded.questionnaire, loaded.features, InProcessPredictor(loaded.model, "v0001", device),
-                            OnlineLookup(store), tuned_threshold(loaded.meta))
+        encode_online(store, loaded, "v0001", source_users(store, fcfg), log=log)  # what the replica reads
+        predictor = InProcessPredictor(loaded.model, "v0001", device)
+        local, stored = (BatchScorer(loaded.questionnaire, loaded.features, predictor, OnlineLookup(store),
+                                     tuned_threshold(loaded.meta), stored_version=version)
+                         for version in (None, predictor.stored_version))
         cfg = replace(settings.serve, registry=root / "registry", min_replicas=1, max_replicas=1, num_cpus=1)
         gpus = {"num_gpus": 1} if cfg.num_gpus else {}
         connect(None, num_cpus=2, **gpus)
@@ -120,18 +125,21 @@ def bench_serve(settings, users: int = 3000, rows: int = 4096, rounds: int = 3, 
             for size in batches:
                 batches = [[Record("bench", 0, i + j, k, v) for j, (k, v) in enumerate(events[i:i + size])]
                            for i in range(0, min(len(events), max(rows, 4 * size)) - size + 1, size)]
-                local.score(batches[0]), remote.score(batches[0])  # warm both
-                runs = [(_rate(local.score, batches), _rate(remote.score, batches)) for _ in range(rounds)]
+                local.score(batches[0]), stored.score(batches[0]), remote.score(batches[0])  # warm all
+                runs = [(_rate(local.score, batches), _rate(remote.score, batches), _rate(stored.score, batches))
+                        for _ in range(rounds)]  # interleaved
                 local_rps = float(np.median([r[0][0] for r in runs]))
                 serve_rps = float(np.median([r[1][0] for r in runs]))
+                stored_rps = float(np.median([r[2][0] for r in runs]))
                 lat = np.array([x for r in runs for x in r[1][1]]) * 1e3
-                row = {"in_process_rows_per_s": local_rps, "serve_rows_per_s": serve_rps,
-                       "ratio": serve_rps / local_rps, "serve_p50_ms": float(np.percentile(lat, 50)),
+                row = {"in_process_rows_per_s": local_rps, "in_process_stored_rows_per_s": stored_rps,
+                       "stored_vs_eager": stored_rps / local_rps, "serve_rows_per_s": serve_rps,
+                       "ratio": serve_rps / stored_rps, "serve_p50_ms": float(np.percentile(lat, 50)),
                        "serve_p99_ms": float(np.percentile(lat, 99)), "calls": len(batches) * rounds,
                        "serve_rows_per_s_4_callers": _concurrent_rate(remote.score, batches, 4)}
                 result["batches"][str(size)] = row
-                log(f"batch {size:>4}: in-process {local_rps:8.0f} rows/s, Serve {serve_rps:8.0f} rows/s "
-                    f"({row['ratio']:.2f}x), p50 {row['serve_p50_ms']:.1f} ms, p99 {row['serve_p99_ms']:.1f} ms, "
+                log(f"batch {size:>4}: in-process eager {local_rps:8.0f} rows/s, stored encodings {stored_rps:8.0f} "
+                    f"({row['stored_vs_eager']:.2f}x), Serve (stored) {serve_rps:8.0f} rows/s ({row['ratio']:.2f}x), p50 {row['serve_p50_ms']:.1f} ms, p99 {row['serve_p99_ms']:.1f} ms, "
                     f"4 callers {row['serve_rows_per_s_4_callers']:.0f} rows/s")
         finally:
             serve.shutdown()

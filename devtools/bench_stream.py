@@ -41,6 +41,10 @@ class StreamBench:
     loads: tuple[float, ...] = (0.5, 0.9)
     latency_seconds: float = 20.0  # of paced replay per load level
     preset: str = "small"
+    paths: tuple[str, ...] = ("stored_external", "eager")  # model paths the pipeline runs (the first: top level)
+
+
+MODEL_PATHS = ("eager", "stored_external")  # sources encoded per event; stored external encodings
 
 
 class ScoreCollector:
@@ -119,31 +123,38 @@ def run_bench_stream(settings: LanternSettings, bench: StreamBench, bootstrap: s
     with ExitStack() as stack:
         broker = stack.enter_context(launch_broker(bootstrap))
         log(f"{broker.kind} broker at {broker.bootstrap}")
-        s, ds, scorer, model = _setup(settings, bench, root, log)
+        s, ds, scorers, model = _setup(settings, bench, root, log)
         events = _events(ds, bench.events)
         kafka = replace(s.kafka, bootstrap=broker.bootstrap, dlq_topic="bench.dlq")
         replay_eps = _preload(kafka, "bench.sessions.1", events)
         log(f"preloaded {len(events)} events at {replay_eps:,.0f}/s")
-        stages = _measure_stages(kafka, "bench.sessions.1", len(events), scorer, model)
-        log("stage ceilings (events/s): " + ", ".join(f"{k} {v:,.0f}" for k, v in stages.ceilings_eps().items()))
+        stages = {}
+        for path, scorer in scorers.items():  # side by side: sources encoded per event vs stored encodings
+            stages[path] = _measure_stages(kafka, "bench.sessions.1", len(events), scorer, model)
+            log(f"stage ceilings, {path} (events/s): "
+                + ", ".join(f"{k} {v:,.0f}" for k, v in stages[path].ceilings_eps().items()))
         start_local(stack)
-        runs = {}
-        for n in bench.actors:
-            runs[n] = _run_actors(s, kafka, events, n, bench if n == bench.actors[0] else None, log)
-    return _result(s, bench, broker.kind, replay_eps, stages, runs)
+        sections = {}
+        for path in bench.paths:
+            runs = {n: _run_actors(s, kafka, events, n, bench if n == bench.actors[0] else None, log, path)
+                    for n in bench.actors}
+            sections[path] = _section(bench, stages[path], runs)
+    return _result(s, bench, broker.kind, replay_eps, stages, sections)
 
 
 def _setup(settings: LanternSettings, bench: StreamBench, root, log):
-    """Simulated users, their features online, a fitted registered model, and an in-process
-    scorer on the same store and model (for the stage ceilings)."""
+    """Simulated users, their features online, a fitted registered model and its external
+    encodings stored (what the pipeline's replicas read), and in-process codecs on the same
+    store and model for the stage ceilings: ``eager`` (sources encoded per event) and
+    ``stored_external``."""
     from devtools.bench_serve import trained_registry
     from features.lookup import OnlineLookup
-    from features.online import fill_online
+    from features.online import encode_online, fill_online, source_users
     from lantern.dataset.io import load_dataset, save_dataset
     from lantern.dataset.simulate import simulate
     from lantern.settings import local_run
     from model.checkpoint import tuned_threshold
-    from model.inference import resolve_device
+    from model.inference import resolve_device, stored_version
     from streaming.scoring import BatchCodec
 
     s = local_run(settings, root)
@@ -155,9 +166,14 @@ def _setup(settings: LanternSettings, bench: StreamBench, root, log):
     store, _, _ = fill_online(s.features, ds)
     registry, _, _ = trained_registry(root, ds, s, log, preset=bench.preset)
     loaded = registry.load(None, str(resolve_device(s.serve.device)))  # the replicas' device: a GPU when there is one
-    scorer = BatchCodec(loaded.questionnaire, loaded.features, OnlineLookup(store),
-                         tuned_threshold(loaded.meta, s.demo.threshold))
-    return s, ds, scorer, loaded.model.eval()
+    t0 = time.perf_counter()
+    users = encode_online(store, loaded, "v0001", source_users(store, s.features))
+    log(f"stored {users} users' external encodings in {time.perf_counter() - t0:.1f} s")
+    scorers = {path: BatchCodec(loaded.questionnaire, loaded.features, OnlineLookup(store),
+                                tuned_threshold(loaded.meta, s.demo.threshold),
+                                stored_version=stored_version(loaded.model, "v0001") if path != "eager" else None)
+               for path in MODEL_PATHS}
+    return s, ds, scorers, loaded.model.eval()
 
 
 def _events(ds, n: int) -> list[tuple[bytes, bytes]]:
@@ -183,27 +199,29 @@ def _measure_stages(kafka: KafkaConfig, topic: str, n: int, scorer, model):
     return measure_stages(kafka, topic, n, scorer, model, "bench.produce")
 
 
-def _run_actors(s: LanternSettings, kafka: KafkaConfig, events, n: int, latency: StreamBench | None, log) -> dict:
-    """``n`` scorer replicas and ``n`` consumers drain a preloaded topic; then the latency loads."""
+def _run_actors(s: LanternSettings, kafka: KafkaConfig, events, n: int, latency: StreamBench | None, log,
+                path: str) -> dict:
+    """``n`` scorer replicas and ``n`` consumers drain a preloaded topic; then the latency loads.
+    ``path``: the replicas read the stored external encodings, or encode the sources (``eager``)."""
     from ray import serve
 
     from ray_jobs.consumers import CONSUMERS_APP, build_consumers, wait_assigned
     from ray_jobs.serve import deploy, feature_store_options
     from streaming.kafka_io import ensure_topics
 
-    run = replace(kafka, input_topic=f"bench.sessions.{n}", scores_topic=f"bench.scores.{n}",
-                  group_id=f"bench-scorer-{n}")
-    if n != 1:
+    topic = "bench.sessions.1" if n == 1 and path == MODEL_PATHS[1] else f"bench.sessions.{path}.{n}"
+    run = replace(kafka, input_topic=topic, scores_topic=f"bench.scores.{path}.{n}", group_id=f"bench-{path}-{n}")
+    if topic != "bench.sessions.1":
         _preload(kafka, run.input_topic, events)
     ensure_topics(run)
-    deploy(replace(s.serve, min_replicas=n, max_replicas=n), features=feature_store_options(s.features),
-           threshold=s.demo.threshold, http=False)
+    features = feature_store_options(replace(s.features, encodings=path != "eager"))
+    deploy(replace(s.serve, min_replicas=n, max_replicas=n), features=features, threshold=s.demo.threshold, http=False)
     collector = ScoreCollector(run, run.scores_topic)
     try:
         wait_assigned(serve.run(build_consumers(run, n, s.serve.app_name), name=CONSUMERS_APP, route_prefix=None))
         scored = collector.wait_for(len(events))
         out = {"scored": len(scored), "throughput_eps": sustained_eps([ts for ts, _ in scored])}
-        log(f"{n} scorer actor(s): {out['scored']} scored, {out['throughput_eps']:,.0f} events/s sustained")
+        log(f"{path}, {n} scorer actor(s): {out['scored']} scored, {out['throughput_eps']:,.0f} events/s sustained")
         if latency is not None:
             out["latency_ms"] = {f"load{round(load * 100)}": _latency(run, events, load * out["throughput_eps"],
                                                                        latency.latency_seconds, collector, log)
@@ -229,12 +247,11 @@ def _latency(run: KafkaConfig, events, rate: float, seconds: float, collector: S
     return figures
 
 
-def _result(s: LanternSettings, bench: StreamBench, broker: str, replay_eps: float, stages, runs: dict) -> dict:
+def _section(bench: StreamBench, stages, runs: dict) -> dict:
+    """One model path's figures: its stage ceilings and bound, and the pipeline's runs against them."""
     first = runs[bench.actors[0]]
     ceilings, bound = stages.ceilings_eps(), stages.bound_eps(os.cpu_count() or 1)
     return {
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} cores",
-        "broker": broker, "preset": bench.preset, "events": bench.events, "micro_batch": s.kafka.max_poll_records,
         "throughput_eps": first["throughput_eps"],
         "latency_ms": first.get("latency_ms", {}),
         "ceilings_eps": ceilings,
@@ -246,5 +263,19 @@ def _result(s: LanternSettings, bench: StreamBench, broker: str, replay_eps: flo
                           "ratio_to_stage_bound": r["throughput_eps"] / bound} for n, r in runs.items()},
         "scaling": {f"{n}_vs_{bench.actors[0]}": r["throughput_eps"] / first["throughput_eps"] for n, r in runs.items()
                     if n != bench.actors[0]},
+    }
+
+
+def _result(s: LanternSettings, bench: StreamBench, broker: str, replay_eps: float, stages: dict,
+            sections: dict) -> dict:
+    """The first pipeline path's section at the top level; every path's under ``paths``; every
+    model path's stage ceilings and bound side by side under ``stages_by_path``."""
+    cores = os.cpu_count() or 1
+    return {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "machine": f"{cores} cores",
+        "broker": broker, "preset": bench.preset, "events": bench.events, "micro_batch": s.kafka.max_poll_records,
+        "model_path": bench.paths[0], **sections[bench.paths[0]], "paths": sections,
+        "stages_by_path": {p: {"ceilings_eps": st.ceilings_eps(), "stage_bound_eps": st.bound_eps(cores)}
+                           for p, st in stages.items()},
         "replay_eps": replay_eps,
     }

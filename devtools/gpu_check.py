@@ -57,7 +57,8 @@ def run_gpu_check(settings, dry_run: bool, bootstrap: str | None = None, log=pri
                          preset=sizes.preset, batches=sizes.serve_batches)
     serve_s = time.perf_counter() - t0
     stream = run_bench_stream(s, StreamBench(events=sizes.stream_events, actors=(1,), loads=(0.5,),
-                                             latency_seconds=sizes.stream_latency_s, preset=sizes.preset),
+                                             latency_seconds=sizes.stream_latency_s, preset=sizes.preset,
+                                             paths=("stored_external",)),
                               bootstrap, log=log)
     return {"dry_run": dry_run, "device": info, "preset": sizes.preset, "sizes": sizes.__dict__,
             "serve": served, "fp16": served["half_precision"], "stream": stream,

@@ -4,7 +4,9 @@ The pipeline per micro-batch (``kafka.max_poll_records`` records) is: consume �
 validated events) → features (one online lookup) → encode (events + features → model arrays) →
 model (one forward pass) → produce (score records encoded, sent, flushed). Here each stage runs
 alone, batch after batch, in this process, on one core (one torch thread), so ``events / seconds``
-is what that stage could sustain on one core if it were the only work there.
+is what that stage could sustain on one core if it were the only work there. With a scorer that
+reads stored external encodings (``stored_version``), "features" reads them (and looks up only
+users without one) and "model" fuses them instead of encoding the sources.
 """
 
 from __future__ import annotations
@@ -95,16 +97,17 @@ def measure_stages(cfg: KafkaConfig, topic: str, expected: int, scorer: BatchCod
     batches = [records[i:i + cfg.max_poll_records] for i in range(0, len(records), cfg.max_poll_records)]
     seconds["parse"], parsed = _timed(scorer.parse, batches)
     events = [[e for _, e in good] for good, _ in parsed]
-    seconds["features"], looked_up = _timed(lambda ev: scorer.lookup([e.user_id for e in ev])[0], events)
+    seconds["features"], looked_up = _timed(lambda ev: scorer.lookup([e.user_id for e in ev]), events)
     seconds["encode"], encoded = _timed(
-        lambda pair: encode_sessions(scorer.q, events_to_sessions(pair[0]), scorer.spec, pair[1]),
+        lambda pair: encode_sessions(scorer.q, events_to_sessions(pair[0]), scorer.spec, pair[1][0]),
         list(zip(events, looked_up)))
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         device = next(model.parameters()).device
         seconds["model"], predicted = _timed(
-            lambda data: forward(model, data.survey.q_idx, data.survey.sel, data.sources, device), encoded)
+            lambda pair: forward(model, pair[0].survey.q_idx, pair[0].survey.sel, pair[0].sources, device,
+                                 stored=pair[1][2]), list(zip(encoded, looked_up)))
     finally:
         torch.set_num_threads(previous)
     producer = outputs_producer(cfg)

@@ -15,12 +15,14 @@ Unknown users, missing sources and rows older than the view's TTL come back with
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 from feast import FeatureStore
+from feast.protos.feast.types.Value_pb2 import Value
 
 from features import vector
 from features.keys import KEY_PREFIXES, entity_key_bytes, key_prefix
@@ -28,10 +30,13 @@ from features.model_inputs import InputShaper
 from features.online_redis import RedisReader
 from features.online_sqlite import SqliteReader
 from features.packing import unpack
-from features.repo import VECTOR_VIEW
+from features.repo import ENCODING_VIEW, VECTOR_VIEW
 from features.store import registered_layouts
 from lantern.errors import ConfigError
 from model.encoding import FeatureSpec, SourceArrays, shape_sources
+from model.materialized import EncodingVersionMismatch, UserEncoding, read
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -41,7 +46,8 @@ class SourceRows:
 
 
 class OnlineLookup:
-    def __init__(self, store: FeatureStore, clock=time.time, use_vector: bool | None = None):
+    def __init__(self, store: FeatureStore, clock=time.time, use_vector: bool | None = None,
+                 use_encodings: bool = True):
         from feast.infra.online_stores.sqlite import _table_id
 
         self.store, self.clock = store, clock
@@ -55,10 +61,21 @@ class OnlineLookup:
         names = {v.name for v in store.list_feature_views()}
         self.use_vector = VECTOR_VIEW in names if use_vector is None else use_vector
         vector_table = _table_id(self.config.project, store.get_feature_view(VECTOR_VIEW)) if self.use_vector else ""
-        # the store's own reads: per-view rows and precomputed vectors, on Redis or SQLite
+        self.use_encodings = use_encodings and ENCODING_VIEW in names
+        encoding_table = (_table_id(self.config.project, store.get_feature_view(ENCODING_VIEW))
+                          if self.use_encodings else "")
+        # the store's own reads: per-view rows, precomputed vectors and encodings, on Redis or SQLite
         self.reader = (RedisReader(self.config, self.layouts) if self.redis else
-                       SqliteReader(self.config, self.layouts, self.tables, vector_table))
+                       SqliteReader(self.config, self.layouts, self.tables, vector_table, encoding_table))
+        self.refused_encodings = 0  # stored encodings of another model version, refused so far
         self._shapers: dict[int, tuple[FeatureSpec, InputShaper]] = {}
+
+    @classmethod
+    def of(cls, cfg) -> OnlineLookup:
+        """The lookup a scorer uses for a :class:`FeatureStoreConfig`."""
+        from features.store import open_store
+
+        return cls(open_store(cfg), use_encodings=cfg.encodings)
 
     # ---- shared ------------------------------------------------------------------------------
     def entity_keys(self, user_ids: list[str]) -> list[bytes]:
@@ -95,18 +112,54 @@ class OnlineLookup:
                                    len(unique))
         return arrays if take is None else {n: a.take(take) for n, a in arrays.items()}
 
+    def rows_to_encode(self, user_ids: list[str], spec: FeatureSpec) -> tuple[dict[str, SourceArrays], np.ndarray]:
+        """What `lantern features encode` encodes: every user's stored rows whatever their age, and
+        each row's event time, (N, S) in ``spec``'s source order, NaN = no row (the TTL is applied
+        when the encoding is read). Needs the precomputed vectors."""
+        if not self.use_vector:
+            raise ConfigError("the online store has no precomputed vectors: run `lantern features materialize`")
+        p = self._parse(user_ids, now=np.inf, ttl_s={})
+        at = {x.name: i for i, x in enumerate(self.layouts)}
+        times = np.full((len(user_ids), len(spec.sources)), np.nan)
+        for j, s in enumerate(spec.sources):
+            if s.name in at:
+                times[:, j] = p.stamps[:, at[s.name]]
+        return self._shaper(spec).shape(p), times
+
+    def stored_encodings(self, user_ids: list[str], spec: FeatureSpec,
+                         model_version: str) -> list[UserEncoding | None] | None:
+        """Each user's external encoding stored for ``model_version`` (`lantern features encode`),
+        sources past their view's TTL dropped; None for a user with none, or with another version's
+        (refused, counted in ``refused_encodings``). None for all when the repo has no encoding view."""
+        if not self.use_encodings:
+            return None
+        now, ttl = self.clock(), np.array([self.ttl_s.get(s.name, np.inf) for s in spec.sources])
+        out = []
+        for blob in self.reader.read_encodings(self.entity_keys(user_ids)):
+            if not blob:
+                out.append(None)
+                continue
+            try:
+                out.append(read(Value.FromString(blob).bytes_val, model_version, now, ttl))
+            except EncodingVersionMismatch as exc:
+                if not self.refused_encodings:
+                    log.warning("%s; those users are encoded per event meanwhile", exc)
+                self.refused_encodings += 1
+                out.append(None)
+        return out
+
     def _shaper(self, spec: FeatureSpec) -> InputShaper:
         cached = self._shapers.get(id(spec))
         if cached is None or cached[0] is not spec:
             cached = self._shapers[id(spec)] = (spec, InputShaper(spec, self.layouts))
         return cached[1]
 
-    def _parse(self, user_ids: list[str]) -> vector.ParsedBatch:
+    def _parse(self, user_ids: list[str], now: float | None = None, ttl_s: dict | None = None) -> vector.ParsedBatch:
         keys = self.entity_keys(user_ids)
-        now = self.clock()
+        now = self.clock() if now is None else now
         vectors = self.reader.read_vectors(keys)
         try:
-            return vector.parse(self.layouts, vectors, now, self.ttl_s, wrapped=True)
+            return vector.parse(self.layouts, vectors, now, self.ttl_s if ttl_s is None else ttl_s, wrapped=True)
         except ValueError as exc:  # not lantern's vectors, or another format: the store needs materializing
             raise ConfigError(f"the online store's precomputed vectors cannot be read: {exc}") from exc
 

@@ -1,5 +1,6 @@
 """Filling the online store: Feast's materialize of every source, then each user's precomputed
-vector (all sources in one value, read back from the per-source views so it equals them)."""
+vector (all sources in one value, read back from the per-source views so it equals them), and
+optionally each user's external encoding by one model version (model/materialized.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from feast import FeatureStore
 
 from features import vector
 from features.lookup import OnlineLookup
-from features.repo import VECTOR_FIELD, VECTOR_PUSH
+from features.repo import ENCODING_FIELD, ENCODING_PUSH, VECTOR_FIELD, VECTOR_PUSH
 from features.store import (
     FeatureStoreConfig,
     apply,
@@ -19,16 +20,14 @@ from features.store import (
     open_store,
     registered_layouts,
 )
-from lantern.errors import FeatureStoreUnavailable
+from lantern.errors import FeatureStoreUnavailable, ModelError
 
 
 def precompute(store: FeatureStore, user_ids: list[str], batch: int = 2048, log=None) -> int:
     """Write every user's precomputed vector (all sources, per-source event times) online,
     read back from the per-source views so it equals what they hold. Returns users written."""
-    import pandas as pd
-
     lookup = OnlineLookup(store, use_vector=False)
-    written, stamp = 0, datetime.now(timezone.utc)
+    written = 0
     for start in range(0, len(user_ids), batch):
         users = user_ids[start:start + batch]
         per_source = lookup.lookup_views_raw(lookup.entity_keys(users))
@@ -37,11 +36,7 @@ def precompute(store: FeatureStore, user_ids: list[str], batch: int = 2048, log=
                                  {n: rows[n][i] for n in rows if per_source[n][1][i] is not None},
                                  {n: per_source[n][1][i] for n in rows})
                    for i in range(len(users))]
-        frame = pd.DataFrame({"user_id": users, VECTOR_FIELD: vectors, "event_timestamp": stamp})
-        try:
-            store.push(VECTOR_PUSH, frame)
-        except (sqlite3.Error, ConnectionError, OSError) as exc:
-            raise FeatureStoreUnavailable(f"cannot write precomputed vectors: {exc}") from exc
+        _push(store, VECTOR_PUSH, VECTOR_FIELD, users, vectors, "precomputed vectors")
         written += len(users)
     OnlineLookup(store).cover_vectors()
     if log:
@@ -49,18 +44,56 @@ def precompute(store: FeatureStore, user_ids: list[str], batch: int = 2048, log=
     return written
 
 
-def materialize_online(store: FeatureStore, cfg: FeatureStoreConfig, end=None, start=None, log=None) -> int:
-    """`lantern features materialize`: Feast's materialize of every source, then the vectors."""
+def _push(store: FeatureStore, push_source: str, field: str, users: list[str], values: list[bytes], what: str) -> None:
+    import pandas as pd
+
+    frame = pd.DataFrame({"user_id": users, field: values, "event_timestamp": datetime.now(timezone.utc)})
+    try:
+        store.push(push_source, frame)
+    except (sqlite3.Error, ConnectionError, OSError) as exc:
+        raise FeatureStoreUnavailable(f"cannot write {what}: {exc}") from exc
+
+
+def encode_online(store: FeatureStore, loaded, model_version: str, user_ids: list[str], batch: int = 2048,
+                  log=None) -> int:
+    """`lantern features encode`: every user's external encoding by ``loaded`` (a
+    :class:`model.checkpoint.LoadedModel`), tagged with ``model_version`` and the weights' digest,
+    written online; the scorer serving that model reads them instead of encoding the sources per
+    event. Returns users written."""
+    from model.inference import stored_version
+    from model.materialized import encode_users
+
+    tag = stored_version(loaded.model, model_version)
+    if tag is None:
+        raise ModelError(f"a {loaded.config.variant} model has no external encoding to store")
+    lookup, written = OnlineLookup(store), 0
+    for start in range(0, len(user_ids), batch):
+        users = user_ids[start:start + batch]
+        arrays, times = lookup.rows_to_encode(users, loaded.features)
+        blobs = encode_users(loaded.model, [arrays[s.name] for s in loaded.features.sources], tag, times)
+        _push(store, ENCODING_PUSH, ENCODING_FIELD, users, blobs, "external encodings")
+        written += len(users)
+    if log:
+        log(f"encoded {written} users' external sources for model {model_version}")
+    return written
+
+
+def source_users(store: FeatureStore, cfg: FeatureStoreConfig) -> list[str]:
+    """Every user with a row in any source's offline data, sorted."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    materialize(store, cfg, end=end, start=start)
-    offline = offline_dir(cfg)
-    users = set()
+    offline, users = offline_dir(cfg), set()
     for layout in registered_layouts(store):
         users.update(pc.unique(pq.read_table(offline / f"{layout.name}.parquet", columns=["user_id"])
                                .column("user_id")).to_pylist())
-    return precompute(store, sorted(users), log=log)
+    return sorted(users)
+
+
+def materialize_online(store: FeatureStore, cfg: FeatureStoreConfig, end=None, start=None, log=None) -> int:
+    """`lantern features materialize`: Feast's materialize of every source, then the vectors."""
+    materialize(store, cfg, end=end, start=start)
+    return precompute(store, source_users(store, cfg), log=log)
 
 
 def fill_online(cfg: FeatureStoreConfig, ds) -> tuple[FeatureStore, int, int]:

@@ -9,7 +9,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from features.keys import field_of
 from features.packing import SourceLayout
 from features.redis_pipe import HashFieldReader
-from features.repo import VECTOR_FIELD, VECTOR_VIEW
+from features.repo import ENCODING_FIELD, ENCODING_VIEW, VECTOR_FIELD, VECTOR_VIEW
 from lantern.errors import FeatureStoreUnavailable, LanternError
 
 
@@ -18,22 +18,31 @@ class RedisReader:
         self.config, self.layouts = config, layouts
         self._conn = None  # redis.Redis, on first use
         self._pipe = None  # features.redis_pipe.HashFieldReader, on first use
-        self._vector_hash_field = b""  # set with the pipe
+        self._hash_fields: dict[tuple[str, str], bytes] = {}  # (view, feature) → Feast's field in the hash
 
     def read_vectors(self, keys: list[bytes]) -> list[bytes | None]:
-        """Pipelined HGETs of every user's vector field in one round trip (features/redis_pipe.py)."""
-        if self._pipe is None:
-            from feast.infra.online_stores.helpers import _mmh3
+        """Every user's vector: serialized Values (None: no vector), unwrapped by vector.parse."""
+        return self.read_values(keys, VECTOR_VIEW, VECTOR_FIELD)
 
+    def read_encodings(self, keys: list[bytes]) -> list[bytes | None]:
+        """Every user's stored external encoding: serialized Values (None: none stored)."""
+        return self.read_values(keys, ENCODING_VIEW, ENCODING_FIELD)
+
+    def read_values(self, keys: list[bytes], view: str, feature: str) -> list[bytes | None]:
+        """Pipelined HGETs of one feature of every user in one round trip (features/redis_pipe.py)."""
+        if self._pipe is None:
             host, port, options = self._redis_address()
             self._pipe = HashFieldReader.from_options(host, port, options)
-            self._vector_hash_field = _mmh3(f"{VECTOR_VIEW}:{VECTOR_FIELD}")  # Feast's field name in the hash
+        field = self._hash_fields.get((view, feature))
+        if field is None:
+            from feast.infra.online_stores.helpers import _mmh3
+
+            field = self._hash_fields[view, feature] = _mmh3(f"{view}:{feature}")
         project = self.config.project.encode()
         try:
-            replies = self._pipe.hget_many([k + project for k in keys], self._vector_hash_field)
+            return self._pipe.hget_many([k + project for k in keys], field)
         except (OSError, LanternError) as exc:
             raise FeatureStoreUnavailable(f"Redis online store unreachable: {exc}") from exc
-        return replies  # serialized Values (None: no vector), unwrapped by vector.parse
 
     def _redis_address(self) -> tuple[str, int, dict]:
         """Feast's connection string ``host:port[,option=value…]``."""

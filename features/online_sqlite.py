@@ -18,8 +18,10 @@ SQLITE_MAX_KEYS = 8192  # bound variables per statement (SQLite's limit is 32766
 
 
 class SqliteReader:
-    def __init__(self, config, layouts: list[SourceLayout], tables: dict[str, str], vector_table: str):
+    def __init__(self, config, layouts: list[SourceLayout], tables: dict[str, str], vector_table: str,
+                 encoding_table: str = ""):
         self.config, self.layouts, self.tables, self.vector_table = config, layouts, tables, vector_table
+        self.encoding_table = encoding_table
         self.fields = {x.name: {f: field_of(x, f) for f in x.features} for x in layouts}
         self._conn = None
 
@@ -63,14 +65,22 @@ class SqliteReader:
         return {x.name: out[v] for v, x in enumerate(self.layouts)}
 
     def read_vectors(self, keys: list[bytes]) -> list[bytes]:
-        """Serialized ``Value``s of every user's vector (the view's only feature), in key order:
-        the keys as a ``VALUES`` table left-joined to the view's table, so SQLite hands back
-        the values in request order (empty = no row) and no key has to travel back."""
+        """Serialized ``Value``s of every user's vector (the view's only feature), in key order."""
+        return self.read_values(keys, self.vector_table)
+
+    def read_encodings(self, keys: list[bytes]) -> list[bytes]:
+        """Serialized ``Value``s of every user's stored external encoding, in key order."""
+        return self.read_values(keys, self.encoding_table)
+
+    def read_values(self, keys: list[bytes], table: str) -> list[bytes]:
+        """Serialized ``Value``s of a one-feature view's table, in key order: the keys as a
+        ``VALUES`` table left-joined to the view's table, so SQLite hands back the values in
+        request order (empty = no row) and no key has to travel back."""
         out = []
         for start in range(0, len(keys), SQLITE_MAX_KEYS):
             chunk = keys[start:start + SQLITE_MAX_KEYS]
             try:
-                rows = self._sqlite().execute(vector_query(self.vector_table, len(chunk)), chunk).fetchall()
+                rows = self._sqlite().execute(vector_query(table, len(chunk)), chunk).fetchall()
             except sqlite3.Error as exc:
                 self._conn = None
                 raise FeatureStoreUnavailable(f"SQLite online store read failed: {exc}") from exc

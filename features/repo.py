@@ -22,6 +22,7 @@ FEATURE_SERVICE = "lantern_v1"
 LAYOUT_TAG = "lantern_packed_layout"  # each view carries its packing layout as JSON
 SCORES_VIEW, SCORES_PUSH = "lantern_scores", "lantern_scores_push"
 VECTOR_VIEW, VECTOR_PUSH, VECTOR_FIELD = "lantern_v1_vector", "lantern_v1_vector_push", "vector"
+ENCODING_VIEW, ENCODING_PUSH, ENCODING_FIELD = "lantern_v1_encoding", "lantern_v1_encoding_push", "encoding"
 OFFLINE_DIR = ".feast/offline"  # default offline data folder, relative to the feature repo
 SEQ_DTYPES = {"float": Array(Float32), "int": Array(Int64), "string": Array(String)}
 
@@ -69,6 +70,18 @@ def vector_objects(offline: str = OFFLINE_DIR) -> tuple[PushSource, FeatureView]
     return push, view
 
 
+def encoding_objects(offline: str = OFFLINE_DIR) -> tuple[PushSource, FeatureView]:
+    """Every user's external encoding by the served model (model/materialized.py: the version is
+    inside each value, and another version's is refused), written by `lantern features encode`."""
+    push = PushSource(name=ENCODING_PUSH, batch_source=FileSource(
+        name="lantern_v1_encoding_source", path=f"{offline}/{ENCODING_VIEW}.parquet",
+        timestamp_field="event_timestamp"))
+    view = FeatureView(name=ENCODING_VIEW, entities=[user], ttl=timedelta(0), online=True, source=push,
+                       schema=[Field(name=ENCODING_FIELD, dtype=Bytes)],
+                       description="lantern_v1's sources encoded by one model version; per-source event times inside.")
+    return push, view
+
+
 def feature_service(views: list[FeatureView]) -> FeatureService:
     return FeatureService(name=FEATURE_SERVICE, features=views,
                           description="What LANTERN v1 reads: every external source, packed.")
@@ -76,13 +89,16 @@ def feature_service(views: list[FeatureView]) -> FeatureService:
 
 def build_objects(layouts: list[SourceLayout], ttl_days: float, offline: str = OFFLINE_DIR) -> dict[str, object]:
     """Every Feast object of the repo by name: entity, one view per source, the FeatureService,
-    the score write-back push source and view, the precomputed-vector push source and view —
+    the score write-back push source and view, the precomputed-vector and model-encoding push
+    sources and views —
     the same objects :func:`render_definitions` declares."""
     views = [source_view(layout, ttl_days, offline) for layout in layouts]
     push, scores = scores_objects(offline)
     vector_push, vector = vector_objects(offline)
+    encoding_push, encoding = encoding_objects(offline)
     return {"user": user, **{v.name: v for v in views}, FEATURE_SERVICE: feature_service(views), SCORES_PUSH: push,
-            SCORES_VIEW: scores, VECTOR_PUSH: vector_push, VECTOR_VIEW: vector}
+            SCORES_VIEW: scores, VECTOR_PUSH: vector_push, VECTOR_VIEW: vector, ENCODING_PUSH: encoding_push,
+            ENCODING_VIEW: encoding}
 
 
 def _literal(value: dict) -> str:
@@ -106,7 +122,14 @@ source); the builders are in features/repo.py.
 """
 
 from features.packing import SourceLayout
-from features.repo import feature_service, scores_objects, source_view, user, vector_objects  # noqa: F401
+from features.repo import (  # noqa: F401
+    encoding_objects,
+    feature_service,
+    scores_objects,
+    source_view,
+    user,
+    vector_objects,
+)
 
 TTL_DAYS = {ttl_days!r}
 OFFLINE = {offline!r}  # the packed offline parquet (relative paths: from this folder)
@@ -117,7 +140,9 @@ OFFLINE = {offline!r}  # the packed offline parquet (relative paths: from this f
 # what LANTERN v1 reads: a versioned FeatureService (a model with other inputs gets a new one)
 {FEATURE_SERVICE} = feature_service([{", ".join(names)}])
 
-# the scorer's predictions written back, and every source precomputed into one value per user
+# the scorer's predictions written back, every source precomputed into one value per user, and
+# every user's sources encoded by the served model version
 {SCORES_PUSH}, {SCORES_VIEW} = scores_objects(OFFLINE)
 {VECTOR_PUSH}, {VECTOR_VIEW} = vector_objects(OFFLINE)
+{ENCODING_PUSH}, {ENCODING_VIEW} = encoding_objects(OFFLINE)
 '''

@@ -25,6 +25,7 @@ from feast.repo_config import RepoConfig
 
 from features.packing import SourceLayout, pack, unpack_present
 from features.repo import (
+    ENCODING_VIEW,
     FEATURE_SERVICE,
     LAYOUT_TAG,
     OFFLINE_DIR,
@@ -44,6 +45,8 @@ SCORES_SCHEMA = pa.schema([("user_id", pa.string()), ("event_timestamp", pa.time
                            ("completed_at", pa.timestamp("us", tz="UTC"))])
 VECTOR_SCHEMA = pa.schema([("user_id", pa.string()), ("event_timestamp", pa.timestamp("us", tz="UTC")),
                            ("vector", pa.binary())])
+ENCODING_SCHEMA = pa.schema([("user_id", pa.string()), ("event_timestamp", pa.timestamp("us", tz="UTC")),
+                             ("encoding", pa.binary())])
 DEFINITIONS = "definitions.py"
 
 
@@ -81,7 +84,7 @@ def apply(store: FeatureStore, ds: Dataset, cfg: FeatureStoreConfig) -> list[Sou
     offline.mkdir(parents=True, exist_ok=True)
     for layout in layouts:
         pq.write_table(pack(layout, ds.external[layout.name]), offline / f"{layout.name}.parquet")
-    for view, schema in ((SCORES_VIEW, SCORES_SCHEMA), (VECTOR_VIEW, VECTOR_SCHEMA)):
+    for view, schema in ((SCORES_VIEW, SCORES_SCHEMA), (VECTOR_VIEW, VECTOR_SCHEMA), (ENCODING_VIEW, ENCODING_SCHEMA)):
         path = offline / f"{view}.parquet"
         if not path.exists():  # a push source's batch source: `feast materialize` reads it
             pq.write_table(schema.empty_table(), path)

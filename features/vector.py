@@ -149,6 +149,7 @@ class ParsedBatch:
     counts: dict[str, np.ndarray]  # source → (m,) elements per sequence column
     blocks: dict[tuple[str, str], np.ndarray]  # (source, sequence column) → (m,) its first element's byte
     text_span: tuple[np.ndarray, np.ndarray]  # (m,) first and end byte of each vector's strings
+    stamps: np.ndarray | None = None  # (n, S) each source row's event time (epoch s), NaN = no row
     _text: tuple | None = field(default=None, repr=False)
 
     def present_stored(self, source: str) -> np.ndarray:
@@ -222,7 +223,8 @@ def parse(layouts: list[SourceLayout], vectors: list[bytes | None], now: float =
         for col, kind in x.sequences:
             blocks[x.name, col] = cursor
             cursor = cursor + counts[x.name] * ELEMENTS[kind][1]
-    return ParsedBatch(layouts, n, rows_of, buf, present, numerics, categories, counts, blocks, (cursor, ends))
+    return ParsedBatch(layouts, n, rows_of, buf, present, numerics, categories, counts, blocks, (cursor, ends),
+                       stamps)
 
 
 def _strings_per_vector(layouts: list[SourceLayout], counts: dict[str, np.ndarray], m: int) -> np.ndarray:

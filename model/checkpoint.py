@@ -42,6 +42,10 @@ class LoadedModel:
     questionnaire: Questionnaire
     meta: dict
 
+    def version(self, path: str | Path) -> str:
+        """The version its scores name: the registry's, else the model directory's name."""
+        return self.meta.get("version", Path(path).name)
+
 
 def save_model(path: str | Path, model: nn.Module, features: FeatureSpec, questionnaire: Questionnaire,
                meta: dict) -> Path:

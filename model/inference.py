@@ -10,6 +10,8 @@ import numpy as np
 import torch
 
 from model.data import to_batch
+from model.lantern import ENCODES_EXTERNAL
+from model.materialized import UserEncoding, encoding_version, fresh, stack
 from model.outputs import key_probs
 
 
@@ -32,27 +34,43 @@ class Prediction:
 CPU_CHUNK_ROWS = 64
 
 
+Stored = list[UserEncoding | None]  # per row: its materialized external encoding, None = encode from sources
+
+
 @torch.inference_mode()
 def forward(model: torch.nn.Module, q_idx: np.ndarray, sel: np.ndarray, sources: list,
-            device: torch.device, half: bool = False) -> tuple[np.ndarray, np.ndarray]:
+            device: torch.device, half: bool = False, stored: Stored | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Forward passes over encoded sessions → (probabilities (B, K), mean gate (B,)), in the
     input's row order. On a CPU the rows go in length-sorted chunks (less padding); a GPU takes
-    the batch whole. ``half``: fp16 autocast (matmuls and attention in fp16, reductions in fp32)."""
+    the batch whole. ``half``: fp16 autocast (matmuls and attention in fp16, reductions in fp32).
+    ``stored``: rows' materialized external encodings (model.materialized), used instead of
+    encoding their sources; rows without one are encoded from ``sources``."""
     n = len(q_idx)
+    if stored is not None and getattr(model.cfg, "variant", "") not in ENCODES_EXTERNAL:
+        stored = None  # this variant reads the rows themselves
     if device.type != "cpu" or n <= CPU_CHUNK_ROWS:
-        return _forward_batch(model, q_idx, sel, sources, device, half)
+        return _forward_batch(model, q_idx, sel, sources, device, half, stored)
     order = np.argsort((q_idx > 0).sum(1), kind="stable")
     probs, gate = np.empty((n, model.cfg.n_keys), np.float32), np.empty(n, np.float32)
     for rows in np.array_split(order, -(-n // CPU_CHUNK_ROWS)):
         probs[rows], gate[rows] = _forward_batch(model, q_idx[rows], sel[rows], [s.take(rows) for s in sources],
-                                                 device, half)
+                                                 device, half, None if stored is None else [stored[i] for i in rows])
     return probs, gate
 
 
-def _forward_batch(model, q_idx, sel, sources, device, half) -> tuple[np.ndarray, np.ndarray]:
+def _forward_batch(model, q_idx, sel, sources, device, half, stored=None) -> tuple[np.ndarray, np.ndarray]:
+    external = None
+    if stored is not None:
+        missing = np.array([e is None for e in stored])
+        if missing.any():  # encode the rows without a stored encoding, then use one path for all
+            rows = np.flatnonzero(missing)
+            stored = list(stored)
+            for i, e in zip(rows, fresh(model, [s.take(rows) for s in sources])):
+                stored[i] = e
+        external, sources = stack(stored, model.cfg.d_model, model.cfg.n_keys, device), []
     batch = to_batch(q_idx, sel, sources, device)
     with torch.autocast(device.type, dtype=torch.float16, enabled=half):
-        return _forward(model, batch, len(q_idx))
+        return _forward(model, batch, len(q_idx), external)
 
 
 def session_gate(aux: dict) -> torch.Tensor:
@@ -63,13 +81,20 @@ def session_gate(aux: dict) -> torch.Tensor:
     return torch.where(aux["has_external"], gate, torch.full_like(gate, float("nan")))
 
 
-def _forward(model: torch.nn.Module, batch, n: int) -> tuple[np.ndarray, np.ndarray]:
+def _forward(model: torch.nn.Module, batch, n: int, external=None) -> tuple[np.ndarray, np.ndarray]:
+    extra = {} if external is None else {"external": external}
     if getattr(model.cfg, "variant", "") == "lantern":
-        logits, aux = model(batch, return_aux=True, aux_attention=False)  # the gate only: fused attention
+        logits, aux = model(batch, return_aux=True, aux_attention=False, **extra)  # the gate only: fused attention
         gate = session_gate(aux)
     else:
-        logits, gate = model(batch), torch.full((n,), float("nan"))
+        logits, gate = model(batch, **extra), torch.full((n,), float("nan"))
     return key_probs(logits, model.cfg).cpu().numpy(), gate.float().cpu().numpy()
+
+
+def stored_version(model: torch.nn.Module, version: str) -> str | None:
+    """The tag of the stored external encodings ``model`` reads (model.materialized), or None
+    when it fuses no external encoding that can be stored."""
+    return encoding_version(model, version) if getattr(model.cfg, "variant", "") in ENCODES_EXTERNAL else None
 
 
 class InProcessPredictor:
@@ -77,8 +102,9 @@ class InProcessPredictor:
 
     def __init__(self, model: torch.nn.Module, model_version: str, device: str | torch.device = "cpu"):
         self.model, self.model_version, self.device = model.eval(), model_version, torch.device(device)
+        self.stored_version = stored_version(self.model, model_version)  # None: it reads rows only
 
-    def predict(self, q_idx, sel, sources) -> Prediction:
-        return Prediction(*forward(self.model, q_idx, sel, sources, self.device), self.model_version)
+    def predict(self, q_idx, sel, sources, stored: Stored | None = None) -> Prediction:
+        return Prediction(*forward(self.model, q_idx, sel, sources, self.device, stored=stored), self.model_version)
 
 

@@ -73,6 +73,19 @@ class SourceBatch:
 
 
 @dataclass
+class ExternalEncoding:
+    """What a batch's external rows become before fusion: depends on the rows and the weights only."""
+
+    tokens: torch.Tensor  # (B, Tk, D) every source's encoded tokens
+    mask: torch.Tensor  # (B, Tk) bool, True = a real token
+    token_source: torch.Tensor  # (Tk,) long, the source of each token
+    wide: torch.Tensor  # (B, K) the wide path's external logits (zeros without one)
+
+
+ENCODES_EXTERNAL = ("lantern", "external_only")  # variants that fuse an encoding of the external rows
+
+
+@dataclass
 class Batch:
     q_idx: torch.Tensor  # (B, T) long, question index + 1, 0 = padding / hidden
     sel: torch.Tensor  # (B, T, M) long, response-key index + 1, 0 = none
@@ -143,7 +156,11 @@ class SurveyTokens(nn.Module):
 
     def forward(self, q_idx, sel):  # q_idx (B, T), sel (B, T, M)
         B, T, M = sel.shape
-        tok = self.q_emb(q_idx) + self.key_emb(sel.reshape(B * T, M)).view(B, T, -1)  # (B, T, D)
+        if torch.compiler.is_exporting():  # a gather + sum: an exported EmbeddingBag becomes a slow loop
+            picked = F.embedding(sel, self.key_emb.weight, padding_idx=0).sum(2)  # (B, T, D)
+        else:
+            picked = self.key_emb(sel.reshape(B * T, M)).view(B, T, -1)  # (B, T, D)
+        tok = self.q_emb(q_idx) + picked  # (B, T, D)
         skipped = (q_idx > 0) & (sel == 0).all(-1)  # (B, T)
         tok = tok + skipped[..., None] * self.skip
         x = torch.cat([self.cls.expand(B, 1, -1), tok], 1)  # (B, 1+T, D)
@@ -244,17 +261,25 @@ class Lantern(nn.Module):
             x = blk(x, mask)
         return self.survey_ln(x)
 
-    def _external(self, batch: Batch):
-        """All sources' encoded tokens: (B, Tk, D), mask (B, Tk), source id per token (Tk,)."""
-        assert len(batch.sources) == len(self.cfg.sources), "one SourceBatch per configured source"
-        outs = [enc(s) for enc, s in zip(self.source_encoders, batch.sources)]
+    def encode_external(self, sources: list[SourceBatch]) -> ExternalEncoding:
+        """Every source's encoded tokens and the wide path's external logits: what depends on the
+        user's external rows only, so it can be computed once per user and stored (model.materialized)."""
+        assert self.cfg.variant in ENCODES_EXTERNAL, f"{self.cfg.variant} has no separate external encoding"
+        assert len(sources) == len(self.cfg.sources), "one SourceBatch per configured source"
+        outs = [enc(s) for enc, s in zip(self.source_encoders, sources)]
         token_source = torch.cat([torch.full((m.shape[1],), i, device=m.device) for i, (_, m) in enumerate(outs)])
-        return torch.cat([x for x, _ in outs], 1), torch.cat([m for _, m in outs], 1), token_source
+        wide = self.wide.external_logits(sources) if self.cfg.wide else 0.0
+        tokens = torch.cat([x for x, _ in outs], 1)  # (B, Tk, D)
+        B = tokens.shape[0]
+        wide = wide if torch.is_tensor(wide) else tokens.new_zeros(B, self.cfg.n_keys)
+        return ExternalEncoding(tokens, torch.cat([m for _, m in outs], 1), token_source, wide)
 
     def forward(self, batch: Batch, return_aux: bool = False, survey_only_path: bool = False,
-                aux_attention: bool = True):
+                aux_attention: bool = True, external: ExternalEncoding | None = None):
         """Logits (B, K); with ``return_aux`` also a dict of gate / attention diagnostics
-        (``aux_attention=False``: no attention weights, so the fused attention kernel runs)."""
+        (``aux_attention=False``: no attention weights, so the fused attention kernel runs).
+        ``external``: the batch's stored :meth:`encode_external` output, used instead of
+        ``batch.sources`` (which may then be empty)."""
         variant, aux = self.cfg.variant, {}
         q_idx = torch.zeros_like(batch.q_idx) if variant == "external_only" else batch.q_idx
         sel = batch.sel * ((q_idx > 0)[..., None] & (batch.sel < n_inputs(self.cfg)))  # (B, T, M)
@@ -264,11 +289,12 @@ class Lantern(nn.Module):
             x = torch.cat([x] + [t for t, _ in toks], 1)
             mask_s = torch.cat([mask_s] + [m for _, m in toks], 1)
         h = self._encode_survey(x, mask_s)  # (B, Tq, D)
-        if variant in ("lantern", "external_only") and not survey_only_path:
-            ext, mask_e, token_source = self._external(batch)
-            has_ext = mask_e.any(-1)[:, None, None]  # (B, 1, 1)
+        uses_encoding = variant in ENCODES_EXTERNAL and not survey_only_path
+        if uses_encoding:
+            external = external if external is not None else self.encode_external(batch.sources)
+            has_ext = external.mask.any(-1)[:, None, None]  # (B, 1, 1)
             weights = return_aux and aux_attention
-            h_t, att = self.cross(h, ext, _attendable(mask_e), need_weights=weights)  # (B, Tq, D)
+            h_t, att = self.cross(h, external.tokens, _attendable(external.mask), need_weights=weights)  # (B, Tq, D)
             if variant == "lantern":
                 g = torch.sigmoid(self.gate(torch.cat([h, h_t], -1))) * has_ext  # (B, Tq, D)
                 h = torch.where(has_ext, h + g * (h_t - h), h)
@@ -276,14 +302,18 @@ class Lantern(nn.Module):
                 g, h = has_ext.expand_as(h).to(h.dtype), torch.where(has_ext, h_t, h)
             if return_aux:
                 aux.update(gate=g.mean(-1), attention=None if att is None else att.mean(1),
-                           token_source=token_source, survey_mask=mask_s,
+                           token_source=external.token_source, survey_mask=mask_s,
                            has_external=has_ext[:, 0, 0])
         if self.training and self.cfg.fusion_noise > 0:
             h = h + self.cfg.fusion_noise * torch.randn_like(h)
         h = self.ln_out(self.drop(h))
         logits = self.head(_pool(h, mask_s))  # (B, K)
         if self.cfg.wide:
-            logits = logits + self.wide(q_idx, sel, batch.sources, use_external=not survey_only_path)
+            logits = logits + self.wide.survey_logits(q_idx, sel)
+            if uses_encoding:
+                logits = logits + external.wide
+            elif not survey_only_path:  # early_fusion: its external part straight from the rows
+                logits = logits + self.wide.external_logits(batch.sources)
         return (logits, aux) if return_aux else logits
 
 

@@ -69,10 +69,11 @@ class Wide(nn.Module):
         self.survey = nn.Linear(survey_width(cfg), cfg.n_keys) if survey else None
         self.external = nn.Linear(external_width(cfg), cfg.n_keys, bias=False) if external and cfg.sources else None
 
+    def survey_logits(self, q_idx, sel) -> torch.Tensor | float:  # → (B, K), or 0.0 without a survey part
+        return self.survey(survey_features(self.cfg, q_idx, sel)) if self.survey is not None else 0.0
+
+    def external_logits(self, sources) -> torch.Tensor | float:  # → (B, K), or 0.0 without an external part
+        return self.external(external_features(self.cfg, sources)) if self.external is not None else 0.0
+
     def forward(self, q_idx, sel, sources, use_external: bool = True) -> torch.Tensor:  # → (B, K)
-        out = 0.0
-        if self.survey is not None:
-            out = self.survey(survey_features(self.cfg, q_idx, sel))
-        if self.external is not None and use_external:
-            out = out + self.external(external_features(self.cfg, sources))
-        return out
+        return self.survey_logits(q_idx, sel) + (self.external_logits(sources) if use_external else 0.0)

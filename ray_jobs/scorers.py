@@ -20,10 +20,9 @@ def local_scorer_factory(model: Path, device_pref: str, features_cfg, use_featur
         client = None
         if use_features:
             from features.lookup import OnlineLookup
-            from features.store import open_store
 
-            client = OnlineLookup(open_store(features_cfg))
-        version = loaded.meta.get("version", model.name)
+            client = OnlineLookup.of(features_cfg)
+        version = loaded.version(model)
         return BatchScorer(loaded.questionnaire, loaded.features, InProcessPredictor(loaded.model, version, device),
                            client, tuned_threshold(loaded.meta, threshold),
                            abstain_below=abstain_below)

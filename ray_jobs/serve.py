@@ -30,7 +30,7 @@ from starlette.responses import JSONResponse, Response
 from lantern.settings.features import FeatureStoreConfig
 from lantern.settings.serve import ServeConfig, config_from_args
 from model.checkpoint import tuned_threshold
-from model.inference import Prediction, forward, resolve_device
+from model.inference import Prediction, forward, resolve_device, stored_version
 from model.registry import Registry
 from streaming.events import MAX_EVENT_BYTES
 from streaming.metrics import Metrics
@@ -45,13 +45,16 @@ class Served:
 
 
 def _concat(parts: list[Encoded]) -> tuple:
-    """Model inputs of several encoded micro-batches as one batch."""
+    """Model inputs of several encoded micro-batches as one batch (survey, sources, stored encodings)."""
     q_idx = np.concatenate([p.model_args[0] for p in parts])
     sel = np.concatenate([p.model_args[1] for p in parts])
     sources = [type(src)(*(np.concatenate([getattr(p.data.sources[i], f) for p in parts])
                            for f in src.__dataclass_fields__))
                for i, src in enumerate(parts[0].data.sources)]
-    return q_idx, sel, sources
+    stored = None
+    if any(p.stored is not None for p in parts):
+        stored = [e for p in parts for e in (p.stored if p.stored is not None else [None] * len(p.events))]
+    return q_idx, sel, sources, stored
 
 
 @serve.deployment(name="LanternScorer")
@@ -69,9 +72,8 @@ class LanternScorer:
         self.features = None
         if features is not None:  # the replica's own online lookup (features.lookup.OnlineLookup)
             from features.lookup import OnlineLookup
-            from features.store import open_store
 
-            self.features = OnlineLookup(open_store(FeatureStoreConfig(**features)))
+            self.features = OnlineLookup.of(FeatureStoreConfig(**features))
         self.served = self._load(model_version)
 
     def _load(self, version: str | None) -> Served:
@@ -79,7 +81,8 @@ class LanternScorer:
         version = loaded.meta.get("version", version)
         return Served(version, loaded.model, BatchCodec(loaded.questionnaire, loaded.features, self.features,
                                                          tuned_threshold(loaded.meta, self.threshold),
-                                                         abstain_below=self.abstain_below, metrics=self.metrics))
+                                                         abstain_below=self.abstain_below, metrics=self.metrics,
+                                                         stored_version=stored_version(loaded.model, version)))
 
     def reconfigure(self, config: dict) -> None:
         """user_config: batching knobs and the model version. In-flight requests keep the version
@@ -96,9 +99,9 @@ class LanternScorer:
         for served in {id(s): s for s, _ in items}.values():  # one pass per version (two only mid-swap)
             mine = [i for i, (s, _) in enumerate(items) if s is served]
             parts = [items[i][1] for i in mine]
-            q_idx, sel, sources = _concat(parts)
+            q_idx, sel, sources, stored = _concat(parts)
             t0 = time.perf_counter()
-            probs, gate = forward(served.model, q_idx, sel, sources, self.device, self.half)
+            probs, gate = forward(served.model, q_idx, sel, sources, self.device, self.half, stored)
             self.metrics.forwarded(time.perf_counter() - t0)
             start = 0
             for i, part in zip(mine, parts):

@@ -17,6 +17,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+import msgspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -58,8 +59,79 @@ def _wrong(field: str, expected: str, value) -> EventError:
     return EventError("wrong_types", f"{field} must be {expected}, got {type(value).__name__}", field)
 
 
+class _Answer(msgspec.Struct):
+    question_id: str
+    option_ids: list[str] | None = None  # None or absent: presented, skipped
+
+
+class _Event(msgspec.Struct):  # the input event's shape, for the typed decoder (unknown fields ignored)
+    schema_version: int
+    event_id: str
+    session_id: str
+    user_id: str
+    completed_at: str
+    answers: list[_Answer]
+
+
+_decode_event = msgspec.json.Decoder(_Event).decode
+
+
+def _plain(value):
+    """msgspec's hook for what it does not encode itself: numpy scalars (thresholds, gates)."""
+    if isinstance(value, np.generic):
+        return value.item()
+    raise NotImplementedError(f"cannot encode {type(value).__name__} as JSON")
+
+
+_encode_json = msgspec.json.Encoder(enc_hook=_plain).encode  # compact UTF-8 JSON (score records)
+
+
 def parse_event(raw: bytes, q: Questionnaire, max_bytes: int = MAX_EVENT_BYTES) -> SessionEvent | EventError:
-    """Bytes of one input event → a validated session, or the reason it is not one."""
+    """Bytes of one input event → a validated session, or the reason it is not one.
+
+    A typed decoder (msgspec: strict UTF-8 and JSON, types checked in C) takes every well-formed
+    event; anything it refuses, or that fails a check after it, is parsed again by
+    :func:`parse_event_untyped`, which names exactly what is wrong. So the outcome for every input
+    is :func:`parse_event_untyped`'s (tested), and only valid events take the fast path."""
+    if len(raw) > max_bytes:
+        return EventError("oversized", f"event is {len(raw)} bytes, the limit is {max_bytes}")
+    try:
+        wire = _decode_event(raw)
+    except msgspec.MsgspecError:
+        return parse_event_untyped(raw, q, max_bytes)
+    if (wire.schema_version != SCHEMA_VERSION or not wire.event_id or not wire.user_id or not wire.completed_at
+            or wire.event_id != wire.session_id):
+        return parse_event_untyped(raw, q, max_bytes)
+    completed = _completed_at(wire.completed_at)
+    if isinstance(completed, EventError):
+        return completed
+    answers = tuple((a.question_id, None if a.option_ids is None else tuple(a.option_ids)) for a in wire.answers)
+    return _validated(wire.session_id, wire.user_id, completed, answers, q)
+
+
+def _completed_at(text: str) -> datetime | EventError:
+    try:
+        completed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return EventError("wrong_types", f"completed_at {text!r} is not an ISO 8601 time", "completed_at")
+    if completed.tzinfo is None:
+        return EventError("wrong_types", "completed_at needs a time zone (e.g. ...Z)", "completed_at")
+    return completed
+
+
+def _validated(session_id: str, user_id: str, completed: datetime, answers: tuple, q: Questionnaire):
+    """The checks against the questionnaire, shared by both parsers."""
+    if not any(options for _, options in answers):
+        return EventError("empty_answers", "the session answers no question", "answers")
+    problem = answers_problem(q, ((qid, options or ()) for qid, options in answers))
+    if problem:
+        return problem
+    return SessionEvent(session_id, user_id, completed.astimezone(timezone.utc), answers)
+
+
+def parse_event_untyped(raw: bytes, q: Questionnaire, max_bytes: int = MAX_EVENT_BYTES) -> SessionEvent | EventError:
+    """The reference parser (``json`` + checks field by field): what :func:`parse_event` returns
+    for every input, and where its error messages come from."""
     if len(raw) > max_bytes:
         return EventError("oversized", f"event is {len(raw)} bytes, the limit is {max_bytes}")
     try:  # strictly UTF-8 (no BOM, no UTF-16/32 guessing) and strictly JSON (no NaN / Infinity)
@@ -81,18 +153,14 @@ def parse_event(raw: bytes, q: Questionnaire, max_bytes: int = MAX_EVENT_BYTES) 
             return _wrong(name, "a non-empty string", body.get(name))
     if body["event_id"] != body["session_id"]:
         return EventError("wrong_types", "event_id must equal session_id", "event_id")
-    try:
-        completed = datetime.fromisoformat(body["completed_at"].replace("Z", "+00:00"))
-    except ValueError:
-        return EventError("wrong_types", f"completed_at {body['completed_at']!r} is not an ISO 8601 time",
-                          "completed_at")
-    if completed.tzinfo is None:
-        return EventError("wrong_types", "completed_at needs a time zone (e.g. ...Z)", "completed_at")
+    completed = _completed_at(body["completed_at"])
+    if isinstance(completed, EventError):
+        return completed
     answers = body.get("answers")
     if not isinstance(answers, list):
         return _wrong("answers", "a list", answers)
     parsed = []
-    for i, a in enumerate(answers):  # the hot loop of the stream's parse stage: C-level checks only
+    for i, a in enumerate(answers):
         if not isinstance(a, dict):
             return _wrong(f"answers[{i}]", "an object with question_id and option_ids", a)
         qid = a.get("question_id")
@@ -105,12 +173,7 @@ def parse_event(raw: bytes, q: Questionnaire, max_bytes: int = MAX_EVENT_BYTES) 
         if not isinstance(options, list) or not all(map(_is_str, options)):
             return _wrong(f"answers[{i}].option_ids", "a list of strings or null", options)
         parsed.append((qid, tuple(options)))
-    if not any(options for _, options in parsed):
-        return EventError("empty_answers", "the session answers no question", "answers")
-    problem = answers_problem(q, ((qid, options or ()) for qid, options in parsed))
-    if problem:
-        return problem
-    return SessionEvent(body["session_id"], body["user_id"], completed.astimezone(timezone.utc), tuple(parsed))
+    return _validated(body["session_id"], body["user_id"], completed, tuple(parsed), q)
 
 
 def event_bytes(session_id: str, user_id: str, completed_at: datetime, answers) -> bytes:
@@ -176,7 +239,7 @@ def score_bytes(event: SessionEvent, probs: np.ndarray, q: Questionnaire, model_
     """``predicted``: (K,) bool decisions (``model.metrics.decide``); by default every key at ≥ threshold."""
     assert probs.shape == (q.n_keys,), probs.shape
     predicted = probs >= threshold if predicted is None else predicted
-    return json.dumps({
+    return _encode_json({
         "schema_version": SCHEMA_VERSION, "session_id": event.session_id, "user_id": event.user_id,
         "model_version": model_version, "questionnaire_hash": q.content_hash,
         "completed_at": event.completed_at.isoformat().replace("+00:00", "Z"),
@@ -185,7 +248,7 @@ def score_bytes(event: SessionEvent, probs: np.ndarray, q: Questionnaire, model_
         "predicted_keys": [q.response_keys[i] for i in np.flatnonzero(predicted)],
         "threshold": threshold, "abstain_below": abstain_below, "external_sources_used": sources_used,
         "gate_mean": gate_mean, "degraded": degraded,
-    }, separators=(",", ":")).encode()
+    })
 
 
 # ---- dead letters ------------------------------------------------------------------------------

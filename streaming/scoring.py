@@ -23,8 +23,8 @@ import numpy as np
 from lantern.dataset.questionnaire import Questionnaire
 from lantern.errors import FeatureStoreUnavailable
 from model.data import EncodedData, encode_sessions
-from model.encoding import FeatureSpec, SourceArrays
-from model.inference import Prediction
+from model.encoding import FeatureSpec, SourceArrays, absent_source
+from model.inference import Prediction, Stored
 from model.metrics import Layout, decide
 from streaming.events import EventError, SessionEvent, events_to_sessions, parse_event, score_bytes
 
@@ -47,9 +47,12 @@ class FeatureClient(Protocol):
         """The model's external inputs per source (presence included), one row per user id."""
         ...
 
+    # optional: stored_encodings(user_ids, spec, model_version) -> Stored | None, each user's
+    # materialized external encoding for that version (features.lookup.OnlineLookup)
+
 
 class Predictor(Protocol):  # model.inference.InProcessPredictor, ray_jobs.serve's replicas
-    def predict(self, q_idx: np.ndarray, sel: np.ndarray, sources: list) -> Prediction:
+    def predict(self, q_idx: np.ndarray, sel: np.ndarray, sources: list, stored: Stored | None = None) -> Prediction:
         ...
 
 
@@ -67,10 +70,11 @@ class Encoded:
     data: EncodedData | None  # None when no event of the batch was valid
     dead: list[tuple[Record, EventError]]
     degraded: bool
+    stored: Stored | None = None  # rows' stored external encodings (None per row: encode its sources)
 
     @property
     def model_args(self) -> tuple:
-        return self.data.survey.q_idx, self.data.survey.sel, self.data.sources
+        return self.data.survey.q_idx, self.data.survey.sel, self.data.sources, self.stored
 
 
 class BatchCodec:
@@ -82,14 +86,17 @@ class BatchCodec:
                  feature_client: FeatureClient | None, threshold: float = 0.5,
                  clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
                  lookup_attempts: int = 3, lookup_backoff_s: float = 0.1, abstain_below: float = 0.0,
-                 metrics=None):
+                 metrics=None, stored_version: str | None = None):
         """``predicted_keys``: each single-select question's most likely option (none where its
-        probability is below ``abstain_below``), each multi-select option at ≥ ``threshold``."""
+        probability is below ``abstain_below``), each multi-select option at ≥ ``threshold``.
+        ``stored_version``: read the users' external encodings materialized for this model version
+        where the feature client has them (only the users without one are looked up and encoded)."""
         self.q, self.spec = questionnaire, features_spec
         self.features, self.threshold, self.clock = feature_client, threshold, clock
         self.layout, self.abstain_below = Layout.of(questionnaire), abstain_below
         self.lookup_attempts, self.lookup_backoff_s = lookup_attempts, lookup_backoff_s
         self.metrics = metrics  # streaming.metrics.Metrics, or None
+        self.stored_version = stored_version
 
     def parse(self, records: list[Record]) -> tuple[list[tuple[Record, SessionEvent]], list[tuple[Record, EventError]]]:
         """Valid events, and dead letters for the rest. A record whose key is not its body's
@@ -108,26 +115,52 @@ class BatchCodec:
                 good.append((record, parsed))
         return good, dead
 
-    def lookup(self, user_ids: list[str]) -> tuple[dict[str, SourceArrays], bool]:
-        """External inputs per source, and whether the store was unavailable (→ survey-only).
-        An unavailable store is retried ``lookup_attempts`` times with exponential backoff; then
-        the batch is scored survey-only and flagged ``degraded`` — never from made-up values.
-        The next batch asks the store again, so scoring recovers when it returns. Any other
-        error (a misconfigured store: ``ConfigError``) propagates and stops the scorer."""
+    def lookup(self, user_ids: list[str]) -> tuple[dict[str, SourceArrays], bool, Stored | None]:
+        """External inputs per source, whether the store was unavailable (→ survey-only), and the
+        users' stored encodings (None: none read; the sources of a user with one are not looked
+        up, only its presence is kept). An unavailable store is retried ``lookup_attempts`` times
+        with exponential backoff; then the batch is scored survey-only and flagged ``degraded`` —
+        never from made-up values. The next batch asks the store again, so scoring recovers when
+        it returns. Any other error (a misconfigured store: ``ConfigError``) propagates and stops
+        the scorer."""
         if self.features is None:
-            return {}, False
+            return {}, False, None
         for attempt in range(self.lookup_attempts):
             try:
                 t0 = time.perf_counter()
-                sources = self.features.model_inputs(user_ids, self.spec)
+                stored = self._stored(user_ids)
+                sources = self._sources(user_ids, stored)
                 if self.metrics is not None:
                     self.metrics.looked_up(time.perf_counter() - t0, {n: a.present for n, a in sources.items()},
                                            len(user_ids))
-                return sources, False
+                return sources, False, stored
             except FeatureStoreUnavailable:
                 if attempt < self.lookup_attempts - 1:
                     time.sleep(self.lookup_backoff_s * 2 ** attempt)
-        return {}, True
+        return {}, True, None
+
+    def _stored(self, user_ids: list[str]) -> Stored | None:
+        read = getattr(self.features, "stored_encodings", None)
+        if self.stored_version is None or read is None:
+            return None
+        return read(user_ids, self.spec, self.stored_version)
+
+    def _sources(self, user_ids: list[str], stored: Stored | None) -> dict[str, SourceArrays]:
+        """Looked-up inputs for the users without a stored encoding; for the others, presence only."""
+        if stored is None:
+            return self.features.model_inputs(user_ids, self.spec)
+        need = np.array([e is None for e in stored])
+        looked = self.features.model_inputs([u for u, n in zip(user_ids, need) if n], self.spec) if need.any() else {}
+        out = {}
+        for j, s in enumerate(self.spec.sources):
+            arrays = absent_source(s, len(user_ids))
+            if s.name in looked:
+                rows = np.flatnonzero(need)
+                for f in arrays.__dataclass_fields__:
+                    getattr(arrays, f)[rows] = getattr(looked[s.name], f)
+            arrays.present[~need] = [e.present[j] for e in stored if e is not None]
+            out[s.name] = arrays
+        return out
 
     def encode(self, records: list[Record]) -> Encoded:
         """Parse, dead-letter what is bad, look features up, encode: everything before the model."""
@@ -135,8 +168,9 @@ class BatchCodec:
         events = [e for _, e in good]
         if not events:
             return Encoded(events, None, dead, False)
-        sources, degraded = self.lookup([e.user_id for e in events])
-        return Encoded(events, encode_sessions(self.q, events_to_sessions(events), self.spec, sources), dead, degraded)
+        sources, degraded, stored = self.lookup([e.user_id for e in events])
+        data = encode_sessions(self.q, events_to_sessions(events), self.spec, sources)
+        return Encoded(events, data, dead, degraded, stored)
 
     def finish(self, enc: Encoded, pred: Prediction | None) -> ScoredBatch:
         """The scores topic's records for an encoded batch and its prediction."""
@@ -160,6 +194,7 @@ class BatchScorer(BatchCodec):
 
     def __init__(self, questionnaire: Questionnaire, features_spec: FeatureSpec, predictor: Predictor,
                  feature_client: FeatureClient | None, threshold: float = 0.5, **options):
+        options.setdefault("stored_version", getattr(predictor, "stored_version", None))
         super().__init__(questionnaire, features_spec, feature_client, threshold, **options)
         assert predictor is not None, "a BatchScorer scores: give it a predictor (BatchCodec has none)"
         self.predictor = predictor

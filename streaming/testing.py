@@ -16,6 +16,7 @@ from kafka.structs import TopicPartition
 from lantern.errors import ConfigError, FeatureStoreUnavailable
 from lantern.settings.kafka import DLQ_TOPIC, INPUT_TOPIC, SCORES_TOPIC, KafkaConfig
 from model.encoding import FeatureSpec, SourceArrays, shape_sources
+from model.materialized import EncodingVersionMismatch, encode_users, read
 from streaming.events import dlq_headers
 from streaming.loop import LoopOptions, Stopper, score_stream
 from streaming.scoring import BatchScorer, Record, ScoredBatch
@@ -150,10 +151,13 @@ class FakeFeatures:
     """A feature client over contract tables: each user's latest row per source, as a
     materialized online store would hold it. ``down = True`` simulates an outage;
     ``fail_next = n`` a transient one (the next n calls fail); ``misconfigured = True`` a store
-    that is reachable but set up wrong. ``calls`` counts lookups."""
+    that is reachable but set up wrong. ``calls`` counts lookups and ``looked_up`` the users
+    they asked for. :meth:`store_encodings` materializes users' external encodings for a model
+    version, read back by ``stored_encodings`` like the online store's (another version's refused)."""
 
     def __init__(self, external: dict[str, pa.Table]):
         self.down, self.fail_next, self.calls, self.misconfigured = False, 0, 0, False
+        self.looked_up, self.encodings, self.refused_encodings = 0, {}, 0
         self.tables, self.latest = {}, {}
         for name, table in external.items():
             order = pc.sort_indices(table, [("user_id", "ascending"), ("event_timestamp", "ascending")])
@@ -170,6 +174,7 @@ class FakeFeatures:
             raise FeatureStoreUnavailable("fake feature store: transient failure")
         if self.down:
             raise FeatureStoreUnavailable("fake feature store is down")
+        self.looked_up += len(user_ids)
         out = {}
         for name, table in self.tables.items():
             rows = np.array([self.latest[name].get(u, -1) for u in user_ids], np.int64)
@@ -180,6 +185,25 @@ class FakeFeatures:
     def model_inputs(self, user_ids: list[str], spec: FeatureSpec) -> dict[str, SourceArrays]:
         rows = self.lookup(user_ids)
         return shape_sources(spec, {n: (r.table, r.present) for n, r in rows.items()}, len(user_ids))
+
+    def store_encodings(self, model, spec: FeatureSpec, model_version: str, user_ids: list[str]) -> None:
+        arrays = self.model_inputs(user_ids, spec)
+        blobs = encode_users(model, [arrays[s.name] for s in spec.sources], model_version)
+        self.encodings.update(zip(user_ids, blobs))
+
+    def stored_encodings(self, user_ids: list[str], spec: FeatureSpec, model_version: str) -> list | None:
+        if not self.encodings:  # like a store without the encoding view
+            return None
+        if self.down:
+            raise FeatureStoreUnavailable("fake feature store is down")
+        out = []
+        for user in user_ids:
+            try:
+                out.append(read(self.encodings[user], model_version) if user in self.encodings else None)
+            except EncodingVersionMismatch:
+                self.refused_encodings += 1
+                out.append(None)
+        return out
 
 
 class ThreadScorer:

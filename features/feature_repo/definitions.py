@@ -5,7 +5,14 @@ source); the builders are in features/repo.py.
 """
 
 from features.packing import SourceLayout
-from features.repo import feature_service, scores_objects, source_view, user, vector_objects  # noqa: F401
+from features.repo import (  # noqa: F401
+    encoding_objects,
+    feature_service,
+    scores_objects,
+    source_view,
+    user,
+    vector_objects,
+)
 
 TTL_DAYS = 90.0
 OFFLINE = '.feast/offline'  # the packed offline parquet (relative paths: from this folder)
@@ -35,6 +42,8 @@ transactions_view = source_view(SourceLayout.from_dict(
 # what LANTERN v1 reads: a versioned FeatureService (a model with other inputs gets a new one)
 lantern_v1 = feature_service([demographics_view, engagement_view, transactions_view])
 
-# the scorer's predictions written back, and every source precomputed into one value per user
+# the scorer's predictions written back, every source precomputed into one value per user, and
+# every user's sources encoded by the served model version
 lantern_scores_push, lantern_scores = scores_objects(OFFLINE)
 lantern_v1_vector_push, lantern_v1_vector = vector_objects(OFFLINE)
+lantern_v1_encoding_push, lantern_v1_encoding = encoding_objects(OFFLINE)

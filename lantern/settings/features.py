@@ -19,3 +19,6 @@ class FeatureStoreConfig:
     # where `lantern features apply` writes the packed offline parquet (Feast's file sources);
     # None: <repo>/.feast/offline. Relative paths are from the repo.
     offline: Path | None = None
+    # read each user's external encoding stored for the served model (`lantern features encode`)
+    # where the store has one, instead of encoding the user's sources per event
+    encodings: bool = True

@@ -51,7 +51,8 @@ def test_bench_stream_end_to_end_with_one_and_two_actors(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP"}  # its own embedded broker
     env.update(LANTERN_PATHS__REPORTS=str(tmp_path / "reports"), COLUMNS="200")
     run = subprocess.run([sys.executable, "-m", "app.cli", "bench", "stream", "--events", "1000",
-                          "--actors", "1,2", "--latency-seconds", "2", "--json", str(out)],
+                          "--actors", "1,2", "--latency-seconds", "2", "--paths", "stored_external",
+                          "--json", str(out)],
                          env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     result = json.loads(out.read_text())
@@ -68,3 +69,7 @@ def test_bench_stream_end_to_end_with_one_and_two_actors(tmp_path):
     assert result["stage_bound_eps"] == pytest.approx(bound)
     assert result["runs"]["2"]["ratio_to_stage_bound"] == pytest.approx(result["runs"]["2"]["throughput_eps"]
                                                                         / result["stage_bound_eps"])
+    assert result["model_path"] == "stored_external" and list(result["paths"]) == ["stored_external"]
+    both = result["stages_by_path"]  # the stages measured side by side for both model paths
+    assert set(both) == {"eager", "stored_external"} and both["stored_external"]["ceilings_eps"] == result["ceilings_eps"]
+    assert all(set(b["ceilings_eps"]) == set(STAGES) for b in both.values())

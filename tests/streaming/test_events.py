@@ -16,6 +16,7 @@ from streaming.events import (
     dlq_headers,
     events_to_sessions,
     parse_event,
+    parse_event_untyped,
     score_bytes,
     sessions_to_events,
 )
@@ -85,6 +86,41 @@ def test_every_poison_pill_is_an_error_with_its_kind(small_ds, events, kind):
 def test_each_answer_is_checked_and_the_error_names_its_field(small_ds, events, answers, field):
     got = parse_event(_mutate(events[0][1], lambda b: b.update(answers=answers)), small_ds.questionnaire)
     assert isinstance(got, EventError) and got.field == field, got
+
+
+def _variants(raw: bytes) -> list[bytes]:
+    """Valid and invalid neighbours of one event: every field retyped, emptied or dropped, and
+    encodings the typed decoder and ``json`` might read differently."""
+    body, out = json.loads(raw), [raw]
+    for name in ("schema_version", "event_id", "session_id", "user_id", "completed_at", "answers"):
+        for value in (None, True, 1, 1.0, "", "x", [], {}, float("nan"), 2 ** 70):
+            out.append(json.dumps({**body, name: value}).encode())
+        out.append(json.dumps({k: v for k, v in body.items() if k != name}).encode())
+    first = body["answers"][0]
+    for answer in ({**first, "option_ids": None}, {"question_id": first["question_id"]}, {**first, "extra": 1},
+                   {**first, "question_id": 7}, {**first, "option_ids": [None]}, [first], "x"):
+        out.append(json.dumps({**body, "answers": [answer] + body["answers"][1:]}).encode())
+    text = raw.decode()
+    out += [raw[:-1], raw + b" ", b" " + raw, b"\xef\xbb\xbf" + raw, raw.replace(b'"u', b'"\xff', 1),
+            text.replace('"user_id":"', '"user_id":"\\ud800', 1).encode(),  # a lone surrogate escape
+            text.replace('{', '{"user_id":"dup",', 1).encode(),  # duplicate key: the last one counts
+            text.replace('"schema_version":1', '"schema_version":1.0').encode(),
+            text.replace('"schema_version":1', '"schema_version":1e0').encode(),
+            text.replace("Z", "+02:00", 1).encode(), text.replace("Z", "", 1).encode(),
+            raw.replace(b",", b" , "), text.encode("utf-16"), b"null", b"[]", b"{}"]
+    return out
+
+
+def test_the_typed_decoder_answers_exactly_as_the_reference_parser(small_ds, events):
+    """parse_event (msgspec first) and parse_event_untyped (json) agree on every input: the same
+    session, or the same error kind, message and field."""
+    q, checked = small_ds.questionnaire, 0
+    for _, raw in events[:40]:
+        for variant in _variants(raw):
+            assert parse_event(variant, q) == parse_event_untyped(variant, q), variant[:200]
+            checked += 1
+    valid = sum(isinstance(parse_event(v, q), SessionEvent) for v in _variants(events[0][1]))
+    assert checked > 3000 and 5 < valid < 40  # both kinds of outcome are exercised
 
 
 def test_scores_carry_exact_float32_probabilities(small_ds, events):

@@ -12,7 +12,7 @@ import torch
 from lantern.errors import ConfigError
 from lantern.settings.kafka import DLQ_TOPIC, SCORES_TOPIC
 from model.data import encode_sessions, to_batch
-from model.inference import InProcessPredictor
+from model.inference import InProcessPredictor, stored_version
 from model.outputs import key_probs
 from streaming.events import decode_probabilities, sessions_to_events
 from streaming.scoring import BatchScorer
@@ -203,3 +203,33 @@ def test_a_rebalance_commits_the_batches_in_flight_before_the_partitions_move(sm
     assert len(ids) == len(set(ids)) == 240  # the in-flight batch was committed on revoke: no repeats
     assert consumer.committed == {tp: rs[-1].offset + 1 for tp, rs in consumer.parts.items()}
     assert consumer.closed
+
+
+def test_stored_encodings_give_the_same_scores_and_spare_their_users_the_lookup(small_ds, scorer, trained):
+    """Users with an encoding materialized for the served version are scored from it (no source
+    lookup); the rest, and users whose stored encoding is another version's, are looked up and
+    encoded per event. Every score, gate and source list equals the all-lookup scorer's."""
+    prep, model = trained
+    sessions = small_ds.sessions.slice(0, 300)
+    user_of = sessions.column("user_id").to_pylist()
+    users = sorted(set(user_of))
+    features = FakeFeatures(small_ds.external)
+    stored = BatchScorer(small_ds.questionnaire, prep.features, InProcessPredictor(model, "v-test"), features)
+    assert stored.stored_version.startswith("v-test#")  # the version and the weights' digest
+    features.store_encodings(model, prep.features, stored.stored_version, users[: len(users) * 2 // 3])
+    features.store_encodings(model, prep.features, stored_version(model, "v-old"), users[-5:])  # refused
+    valid = set(users[: len(users) * 2 // 3]) - set(users[-5:])
+    features.looked_up = 0
+    events = sessions_to_events(sessions)
+    got = run_in_memory(stored, memory_source(events, partitions=3), MemorySink(), 37)[SCORES_TOPIC]
+    want = run_in_memory(scorer, memory_source(events, partitions=3), MemorySink(), 37)[SCORES_TOPIC]
+    assert features.looked_up == sum(u not in valid for u in user_of) < len(user_of)
+    assert features.refused_encodings > 0
+    want = {o["session_id"]: o for o in (json.loads(v) for _, v, _ in want)}
+    for o in (json.loads(v) for _, v, _ in got):
+        w = want[o["session_id"]]
+        np.testing.assert_allclose(decode_probabilities(o["probabilities_f32"]),
+                                   decode_probabilities(w["probabilities_f32"]), atol=1e-5)
+        assert o["external_sources_used"] == w["external_sources_used"]
+        assert (o["gate_mean"] is None) == (w["gate_mean"] is None)
+        assert o["gate_mean"] is None or abs(o["gate_mean"] - w["gate_mean"]) <= 1e-5

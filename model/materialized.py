@@ -1,0 +1,149 @@
+"""Each user's external encoding, computed once (when features are materialized) and tied to the
+model version that computed it, so the scorer reads it instead of re-encoding the sources for
+every event (``Lantern.encode_external``: the source encoders and the wide path's external part).
+
+    blob = MAGIC | version | S | D | K | per source: event time f64 (NaN = no row), tokens u16
+           | tokens (Σ, D) f32 | wide logits per source (S, K) f32
+
+Sources are encoded independently and the wide path is linear in them, so each source's part is
+kept apart: a source whose row has outlived its view's TTL by scoring time is dropped exactly as
+the raw lookup would drop it. Only real tokens are kept (padding is masked anyway), so a batch is
+padded to its own longest user. A blob of another model version is refused: its tokens live in
+that version's weight space; the tag is the version and a digest of the weights
+(:func:`encoding_version`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from lantern.errors import ModelError
+from model.data import to_batch
+from model.encoding import SourceArrays
+from model.lantern import ExternalEncoding
+
+MAGIC = b"LXE1"
+_HEAD = struct.Struct("<4sH")  # magic, version length
+_DIMS = struct.Struct("<HHI")  # sources, d_model, keys
+_SOURCE = struct.Struct("<dH")  # per source: event time (NaN = no row), tokens
+
+
+class EncodingVersionMismatch(ModelError):
+    """A stored external encoding belongs to another model version."""
+
+
+@dataclass(frozen=True)
+class UserEncoding:
+    """One user's external encoding as scoring uses it (expired sources already dropped)."""
+
+    present: np.ndarray  # (S,) bool, the sources it holds
+    source: np.ndarray  # (n,) uint8, each token's source
+    tokens: np.ndarray  # (n, D) float32
+    wide: np.ndarray  # (K,) float32, the wide path's external logits of the present sources
+
+
+def encoding_version(model: torch.nn.Module, version: str) -> str:
+    """What a stored encoding is tied to: the model version and a digest of its weights (two
+    models saved under one name still refuse each other's encodings)."""
+    digest = hashlib.blake2b(digest_size=6)
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return f"{version}#{digest.hexdigest()}"
+
+
+def encode_users(model: torch.nn.Module, sources: list[SourceArrays], model_version: str,
+                 event_times: np.ndarray | None = None, rows: int = 256) -> list[bytes]:
+    """One blob per user (the rows of ``sources``). ``event_times`` (N, S): each source row's event
+    time in epoch seconds, for the TTL at scoring time (None: never expires)."""
+    n, S = (len(sources[0].present), len(sources)) if sources else (0, 0)
+    times = np.zeros((n, S)) if event_times is None else np.asarray(event_times, np.float64)
+    head = _HEAD.pack(MAGIC, len(model_version.encode())) + model_version.encode()
+    blobs, device = [], next(model.parameters()).device
+    with torch.inference_mode():
+        for start in range(0, n, rows):
+            idx = np.arange(start, min(start + rows, n))
+            batch = to_batch(np.zeros((len(idx), 1), np.int16), np.zeros((len(idx), 1, 1), np.int16),
+                             [s.take(idx) for s in sources], device)
+            tokens, mask, token_source, wide = _per_source(model, batch.sources)
+            for j, i in enumerate(idx):
+                keep = mask[j]
+                counts = np.bincount(token_source[keep], minlength=S)
+                present = np.array([s.present[i] for s in sources])
+                stamps = np.where(present, times[i], np.nan)
+                table = b"".join(_SOURCE.pack(t, c) for t, c in zip(stamps.tolist(), counts.tolist()))
+                blobs.append(b"".join([head, _DIMS.pack(S, tokens.shape[2], wide.shape[2]), table,
+                                       tokens[j, keep].tobytes(), wide[j].tobytes()]))
+    return blobs
+
+
+def _per_source(model, sources) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Tokens (B, Tk, D), mask (B, Tk), token source (Tk,) sorted by source, wide (B, S, K)."""
+    enc = model.encode_external(sources)
+    wide = [model.wide.external_logits([s if k == i else _absent(s) for k, s in enumerate(sources)])
+            if model.cfg.wide else 0.0 for i in range(len(sources))]
+    wide = torch.stack([w if torch.is_tensor(w) else enc.wide.new_zeros(enc.wide.shape) for w in wide], 1)
+    return (enc.tokens.float().cpu().numpy(), enc.mask.cpu().numpy(),
+            enc.token_source.cpu().numpy().astype(np.uint8), wide.float().cpu().numpy())
+
+
+def _absent(s):
+    """The same source batch with no row for anyone (its wide features are then exactly zero)."""
+    return replace(s, present=torch.zeros_like(s.present))
+
+
+def read(blob: bytes, model_version: str, now: float = np.inf, ttl_s: np.ndarray | None = None) -> UserEncoding:
+    """A stored blob → the user's encoding at ``now``: sources older than their TTL dropped.
+    Raises :class:`EncodingVersionMismatch` for another version's blob."""
+    magic, n_version = _HEAD.unpack_from(blob)
+    if magic != MAGIC:
+        raise ModelError(f"not a stored external encoding (magic {magic!r})")
+    at = _HEAD.size + n_version
+    if blob[_HEAD.size:at] != model_version.encode():
+        raise EncodingVersionMismatch(f"a stored external encoding is from model {blob[_HEAD.size:at].decode()!r}, "
+                                      f"not {model_version!r}: re-encode the store (lantern features encode)")
+    S, d, k = _DIMS.unpack_from(blob, at)
+    at += _DIMS.size
+    table = struct.unpack_from("<" + "dH" * S, blob, at)  # per source: event time, tokens
+    stamps, counts = table[0::2], table[1::2]
+    at += _SOURCE.size * S
+    n = sum(counts)
+    tokens = np.frombuffer(blob, np.float32, n * d, at).reshape(n, d)
+    wide = np.frombuffer(blob, np.float32, S * k, at + 4 * n * d).reshape(S, k)
+    ttl = (np.inf,) * S if ttl_s is None else ttl_s
+    present = [t == t and now - t <= limit for t, limit in zip(stamps, ttl)]  # t != t: NaN, no row
+    source = np.repeat(np.arange(S, dtype=np.uint8), counts)
+    if all(present):
+        return UserEncoding(np.ones(S, bool), source, tokens, wide.sum(0))
+    mask = np.array(present)
+    keep = mask[source]
+    return UserEncoding(mask, source[keep], tokens[keep], wide[mask].sum(0))
+
+
+def fresh(model: torch.nn.Module, sources: list[SourceArrays]) -> list[UserEncoding]:
+    """Encodings computed now from looked-up rows (TTL already applied by the lookup)."""
+    return [read(b, "") for b in encode_users(model, sources, "")]
+
+
+def stack(encodings: list[UserEncoding], d_model: int, n_keys: int,
+          device: torch.device | str = "cpu") -> ExternalEncoding:
+    """Users' encodings → one batch's :class:`ExternalEncoding`, padded to its longest user."""
+    width = max([len(e.source) for e in encodings], default=0) or 1
+    B = len(encodings)
+    tokens = np.zeros((B, width, d_model), np.float32)
+    mask = np.zeros((B, width), bool)
+    source = np.zeros((B, width), np.int64)
+    wide = np.zeros((B, n_keys), np.float32)
+    for i, e in enumerate(encodings):
+        n = len(e.source)
+        if e.tokens.shape[1] != d_model or len(e.wide) != n_keys:
+            raise ModelError(f"a stored external encoding has shape (D={e.tokens.shape[1]}, K={len(e.wide)}), "
+                             f"the model needs (D={d_model}, K={n_keys})")
+        tokens[i, :n], mask[i, :n], source[i, :n], wide[i] = e.tokens, True, e.source, e.wide
+    as_t = lambda x: torch.from_numpy(x).to(device)  # noqa: E731
+    return ExternalEncoding(as_t(tokens), as_t(mask), as_t(source), as_t(wide))
