@@ -22,7 +22,6 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 from feast import FeatureStore
-from feast.protos.feast.types.Value_pb2 import Value
 
 from features import vector
 from features.keys import KEY_PREFIXES, entity_key_bytes, key_prefix
@@ -34,7 +33,7 @@ from features.repo import ENCODING_VIEW, VECTOR_VIEW
 from features.store import registered_layouts
 from lantern.errors import ConfigError
 from model.encoding import FeatureSpec, SourceArrays, shape_sources
-from model.materialized import EncodingVersionMismatch, UserEncoding, read
+from model.materialized import UserEncoding, read_many
 
 log = logging.getLogger(__name__)
 
@@ -133,19 +132,14 @@ class OnlineLookup:
         (refused, counted in ``refused_encodings``). None for all when the repo has no encoding view."""
         if not self.use_encodings:
             return None
-        now, ttl = self.clock(), np.array([self.ttl_s.get(s.name, np.inf) for s in spec.sources])
-        out = []
-        for blob in self.reader.read_encodings(self.entity_keys(user_ids)):
-            if not blob:
-                out.append(None)
-                continue
-            try:
-                out.append(read(Value.FromString(blob).bytes_val, model_version, now, ttl))
-            except EncodingVersionMismatch as exc:
-                if not self.refused_encodings:
-                    log.warning("%s; those users are encoded per event meanwhile", exc)
-                self.refused_encodings += 1
-                out.append(None)
+        ttl = np.array([self.ttl_s.get(s.name, np.inf) for s in spec.sources])
+        blobs = self.reader.read_encodings(self.entity_keys(user_ids))
+        out, refused = read_many(blobs, model_version, self.clock(), ttl, wrapped=True)
+        if refused:
+            if not self.refused_encodings:
+                log.warning("stored external encodings of model %r refused (serving %r): those users are "
+                            "encoded per event until `lantern features encode` runs", refused[0], model_version)
+            self.refused_encodings += len(refused)
         return out
 
     def _shaper(self, spec: FeatureSpec) -> InputShaper:

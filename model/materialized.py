@@ -2,8 +2,11 @@
 model version that computed it, so the scorer reads it instead of re-encoding the sources for
 every event (``Lantern.encode_external``: the source encoders and the wide path's external part).
 
-    blob = MAGIC | version | S | D | K | per source: event time f64 (NaN = no row), tokens u16
-           | tokens (Σ, D) f32 | wide logits per source (S, K) f32
+    blob = MAGIC | version length u16 | version | zero padding to 4 bytes | S u16 | D u16 | K u32
+           | per source: event time f64 (NaN = no row), tokens u32 | tokens (Σ, D) f32
+           | wide logits per source (S, K) f32
+
+(every part a multiple of 4 bytes, so a batch's blobs joined are one float32 buffer).
 
 Sources are encoded independently and the wide path is linear in them, so each source's part is
 kept apart: a source whose row has outlived its view's TTL by scoring time is dropped exactly as
@@ -30,7 +33,8 @@ from model.lantern import ExternalEncoding
 MAGIC = b"LXE1"
 _HEAD = struct.Struct("<4sH")  # magic, version length
 _DIMS = struct.Struct("<HHI")  # sources, d_model, keys
-_SOURCE = struct.Struct("<dH")  # per source: event time (NaN = no row), tokens
+_SOURCE = struct.Struct("<dI")  # per source: event time (NaN = no row), tokens
+VALUE_BYTES_TAG = 0x0A  # protobuf Value.bytes_val (field 1, length-delimited): how the online store wraps it
 
 
 class EncodingVersionMismatch(ModelError):
@@ -42,8 +46,8 @@ class UserEncoding:
     """One user's external encoding as scoring uses it (expired sources already dropped)."""
 
     present: np.ndarray  # (S,) bool, the sources it holds
-    source: np.ndarray  # (n,) uint8, each token's source
-    tokens: np.ndarray  # (n, D) float32
+    counts: np.ndarray  # (S,) tokens of each source (0 where absent)
+    tokens: np.ndarray  # (n, D) float32, the sources' tokens in source order
     wide: np.ndarray  # (K,) float32, the wide path's external logits of the present sources
 
 
@@ -64,6 +68,7 @@ def encode_users(model: torch.nn.Module, sources: list[SourceArrays], model_vers
     n, S = (len(sources[0].present), len(sources)) if sources else (0, 0)
     times = np.zeros((n, S)) if event_times is None else np.asarray(event_times, np.float64)
     head = _HEAD.pack(MAGIC, len(model_version.encode())) + model_version.encode()
+    head += b"\0" * (-len(head) % 4)
     blobs, device = [], next(model.parameters()).device
     with torch.inference_mode():
         for start in range(0, n, rows):
@@ -97,32 +102,77 @@ def _absent(s):
     return replace(s, present=torch.zeros_like(s.present))
 
 
+def _unwrap(blob) -> memoryview:
+    """The payload of a serialized protobuf ``Value(bytes_val=…)``: skip the tag and the varint."""
+    view = memoryview(blob)
+    if view[0] != VALUE_BYTES_TAG:
+        raise ModelError("an online encoding value is not a bytes Value; was it written by lantern?")
+    at = 1
+    while view[at] & 0x80:
+        at += 1
+    return view[at + 1:]
+
+
+def read_many(blobs: list, model_version: str, now: float = np.inf, ttl_s=None,
+              wrapped: bool = False) -> tuple[list[UserEncoding | None], list[str]]:
+    """A batch of stored blobs (None or empty: none stored) → each user's encoding at ``now``,
+    sources older than their TTL dropped, and the tags of the blobs refused for being another
+    model's (those users get None). ``wrapped``: each blob is still inside the online store's
+    serialized ``Value``. The batch is parsed as one float32 buffer: per user only its header is
+    read in Python."""
+    version, out, refused = model_version.encode(), [None] * len(blobs), []
+    parts, rows, metas, size = [], [], [], 0
+    for i, blob in enumerate(blobs):
+        if not blob:
+            continue
+        blob = _unwrap(blob) if wrapped else memoryview(blob)
+        magic, n_version = _HEAD.unpack_from(blob)
+        if magic != MAGIC:
+            raise ModelError(f"not a stored external encoding (magic {bytes(magic)!r})")
+        tag = blob[_HEAD.size:_HEAD.size + n_version]
+        if tag != version:
+            refused.append(bytes(tag).decode(errors="replace"))
+            continue
+        at = _HEAD.size + n_version + (-(_HEAD.size + n_version) % 4)
+        dims = _DIMS.unpack_from(blob, at)
+        table = struct.unpack_from("<" + "dI" * dims[0], blob, at + _DIMS.size)
+        metas.append((dims, table, (size + at + _DIMS.size + _SOURCE.size * dims[0]) // 4))
+        rows.append(i)
+        parts.append(blob)
+        size += len(blob)
+    if not rows:
+        return out, refused
+    (S, d, k), f32 = metas[0][0], np.frombuffer(b"".join(parts), np.float32)
+    if any(m[0] != (S, d, k) for m in metas):
+        raise ModelError("stored external encodings of different shapes in one batch")
+    stamps = np.array([m[1][0::2] for m in metas], np.float64)  # (m, S)
+    counts = np.array([m[1][1::2] for m in metas], np.int64)  # (m, S)
+    ttl = np.full(S, np.inf) if ttl_s is None else np.asarray(ttl_s, np.float64)
+    with np.errstate(invalid="ignore"):
+        present = now - stamps <= ttl  # NaN (no row) compares False
+    first = np.array([m[2] for m in metas], np.int64)  # each user's first token float
+    wide_at = first + counts.sum(1) * d
+    wide = f32[wide_at[:, None] + np.arange(S * k)].reshape(len(rows), S, k)
+    wide = np.einsum("ms,msk->mk", present.astype(np.float32), wide)  # (m, K) the present sources'
+    kept = np.where(present, counts, 0)
+    starts, ends = first.tolist(), (first + counts.sum(1) * d).tolist()
+    expired = (kept != counts).any(1).tolist()
+    for j, i in enumerate(rows):
+        tokens = f32[starts[j]:ends[j]].reshape(-1, d)
+        if expired[j]:  # a source past its TTL: drop its tokens
+            tokens = tokens[np.repeat(present[j], counts[j])]
+        out[i] = UserEncoding(present[j], kept[j], tokens, wide[j])
+    return out, refused
+
+
 def read(blob: bytes, model_version: str, now: float = np.inf, ttl_s: np.ndarray | None = None) -> UserEncoding:
-    """A stored blob → the user's encoding at ``now``: sources older than their TTL dropped.
-    Raises :class:`EncodingVersionMismatch` for another version's blob."""
-    magic, n_version = _HEAD.unpack_from(blob)
-    if magic != MAGIC:
-        raise ModelError(f"not a stored external encoding (magic {magic!r})")
-    at = _HEAD.size + n_version
-    if blob[_HEAD.size:at] != model_version.encode():
-        raise EncodingVersionMismatch(f"a stored external encoding is from model {blob[_HEAD.size:at].decode()!r}, "
-                                      f"not {model_version!r}: re-encode the store (lantern features encode)")
-    S, d, k = _DIMS.unpack_from(blob, at)
-    at += _DIMS.size
-    table = struct.unpack_from("<" + "dH" * S, blob, at)  # per source: event time, tokens
-    stamps, counts = table[0::2], table[1::2]
-    at += _SOURCE.size * S
-    n = sum(counts)
-    tokens = np.frombuffer(blob, np.float32, n * d, at).reshape(n, d)
-    wide = np.frombuffer(blob, np.float32, S * k, at + 4 * n * d).reshape(S, k)
-    ttl = (np.inf,) * S if ttl_s is None else ttl_s
-    present = [t == t and now - t <= limit for t, limit in zip(stamps, ttl)]  # t != t: NaN, no row
-    source = np.repeat(np.arange(S, dtype=np.uint8), counts)
-    if all(present):
-        return UserEncoding(np.ones(S, bool), source, tokens, wide.sum(0))
-    mask = np.array(present)
-    keep = mask[source]
-    return UserEncoding(mask, source[keep], tokens[keep], wide[mask].sum(0))
+    """One stored blob → the user's encoding at ``now`` (:func:`read_many` for one). Raises
+    :class:`EncodingVersionMismatch` for another model's blob."""
+    (encoding,), refused = read_many([blob], model_version, now, ttl_s)
+    if refused:
+        raise EncodingVersionMismatch(f"a stored external encoding is from model {refused[0]!r}, not "
+                                      f"{model_version!r}: re-encode the store (lantern features encode)")
+    return encoding
 
 
 def fresh(model: torch.nn.Module, sources: list[SourceArrays]) -> list[UserEncoding]:
@@ -133,17 +183,18 @@ def fresh(model: torch.nn.Module, sources: list[SourceArrays]) -> list[UserEncod
 def stack(encodings: list[UserEncoding], d_model: int, n_keys: int,
           device: torch.device | str = "cpu") -> ExternalEncoding:
     """Users' encodings → one batch's :class:`ExternalEncoding`, padded to its longest user."""
-    width = max([len(e.source) for e in encodings], default=0) or 1
+    width = max([len(e.tokens) for e in encodings], default=0) or 1
     B = len(encodings)
     tokens = np.zeros((B, width, d_model), np.float32)
     mask = np.zeros((B, width), bool)
     source = np.zeros((B, width), np.int64)
     wide = np.zeros((B, n_keys), np.float32)
     for i, e in enumerate(encodings):
-        n = len(e.source)
+        n = len(e.tokens)
         if e.tokens.shape[1] != d_model or len(e.wide) != n_keys:
             raise ModelError(f"a stored external encoding has shape (D={e.tokens.shape[1]}, K={len(e.wide)}), "
                              f"the model needs (D={d_model}, K={n_keys})")
-        tokens[i, :n], mask[i, :n], source[i, :n], wide[i] = e.tokens, True, e.source, e.wide
+        tokens[i, :n], mask[i, :n], wide[i] = e.tokens, True, e.wide
+        source[i, :n] = np.repeat(np.arange(len(e.counts)), e.counts)
     as_t = lambda x: torch.from_numpy(x).to(device)  # noqa: E731
     return ExternalEncoding(as_t(tokens), as_t(mask), as_t(source), as_t(wide))

@@ -103,10 +103,35 @@ def parse_event(raw: bytes, q: Questionnaire, max_bytes: int = MAX_EVENT_BYTES) 
             or wire.event_id != wire.session_id):
         return parse_event_untyped(raw, q, max_bytes)
     completed = _completed_at(wire.completed_at)
-    if isinstance(completed, EventError):
-        return completed
-    answers = tuple((a.question_id, None if a.option_ids is None else tuple(a.option_ids)) for a in wire.answers)
-    return _validated(wire.session_id, wire.user_id, completed, answers, q)
+    answers = _valid_answers(wire.answers, q)
+    if isinstance(completed, EventError) or answers is None:
+        return parse_event_untyped(raw, q, max_bytes)
+    return SessionEvent(wire.session_id, wire.user_id, completed.astimezone(timezone.utc), answers)
+
+
+def _valid_answers(answers: list[_Answer], q: Questionnaire) -> tuple | None:
+    """The answers as tuples when every contract check passes, in one pass; None otherwise (the
+    reference parser then says what is wrong). The same checks as ``answers_problem``."""
+    rules, given, out, answered = q.answer_rules, {}, [], False
+    for a in answers:
+        qid, options = a.question_id, a.option_ids
+        rule = rules.get(qid)
+        if rule is None or qid in given:
+            return None
+        if options is None:
+            given[qid] = ()
+            out.append((qid, None))
+            continue
+        if not rule[0].issuperset(options) or (len(options) > 1 and (rule[1] or len(set(options)) != len(options))):
+            return None
+        given[qid] = options = tuple(options)
+        out.append((qid, options))
+        answered = answered or bool(options)
+    for qid in given:
+        parent = rules[qid][2]
+        if parent is not None and rules[qid][3].isdisjoint(given.get(parent, ())):
+            return None
+    return tuple(out) if answered else None
 
 
 def _completed_at(text: str) -> datetime | EventError:

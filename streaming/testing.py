@@ -16,7 +16,7 @@ from kafka.structs import TopicPartition
 from lantern.errors import ConfigError, FeatureStoreUnavailable
 from lantern.settings.kafka import DLQ_TOPIC, INPUT_TOPIC, SCORES_TOPIC, KafkaConfig
 from model.encoding import FeatureSpec, SourceArrays, shape_sources
-from model.materialized import EncodingVersionMismatch, encode_users, read
+from model.materialized import encode_users, read_many
 from streaming.events import dlq_headers
 from streaming.loop import LoopOptions, Stopper, score_stream
 from streaming.scoring import BatchScorer, Record, ScoredBatch
@@ -196,13 +196,8 @@ class FakeFeatures:
             return None
         if self.down:
             raise FeatureStoreUnavailable("fake feature store is down")
-        out = []
-        for user in user_ids:
-            try:
-                out.append(read(self.encodings[user], model_version) if user in self.encodings else None)
-            except EncodingVersionMismatch:
-                self.refused_encodings += 1
-                out.append(None)
+        out, refused = read_many([self.encodings.get(u) for u in user_ids], model_version)
+        self.refused_encodings += len(refused)
         return out
 
 

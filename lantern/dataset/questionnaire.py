@@ -87,6 +87,13 @@ class Questionnaire(_Frozen):
         return {q.id: q for q in self.questions}
 
     @cached_property
+    def answer_rules(self) -> dict[str, tuple[frozenset[str], bool, str | None, frozenset[str]]]:
+        """Per question id: its option ids, whether single-select, and its routing (the parent
+        question id, or None, and the parent's options that present it): one lookup per answer."""
+        return {q.id: (q.option_ids, q.kind == "single", q.condition.question_id if q.condition else None,
+                       frozenset(q.condition.option_ids) if q.condition else frozenset()) for q in self.questions}
+
+    @cached_property
     def question_index(self) -> dict[str, int]:
         return {q.id: i for i, q in enumerate(self.questions)}
 

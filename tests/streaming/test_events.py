@@ -100,6 +100,16 @@ def _variants(raw: bytes) -> list[bytes]:
     for answer in ({**first, "option_ids": None}, {"question_id": first["question_id"]}, {**first, "extra": 1},
                    {**first, "question_id": 7}, {**first, "option_ids": [None]}, [first], "x"):
         out.append(json.dumps({**body, "answers": [answer] + body["answers"][1:]}).encode())
+    answers = body["answers"]
+    for i, a in enumerate(answers):  # contract checks: routing (a parent dropped), options, duplicates
+        out.append(json.dumps({**body, "answers": answers[:i] + answers[i + 1:]}).encode())
+        opts = a["option_ids"] or []
+        for changed in (opts + opts[:1], opts + ["o1"], opts + ["o2"], ["o99"], []):
+            out.append(json.dumps({**body, "answers": answers[:i] + [{**a, "option_ids": changed}]
+                                   + answers[i + 1:]}).encode())
+    out.append(json.dumps({**body, "answers": answers + answers[:1]}).encode())
+    out.append(json.dumps({**body, "answers": [{**a, "option_ids": None} for a in answers]}).encode())
+    out.append(json.dumps({**body, "answers": answers + [{"question_id": "zz", "option_ids": []}]}).encode())
     text = raw.decode()
     out += [raw[:-1], raw + b" ", b" " + raw, b"\xef\xbb\xbf" + raw, raw.replace(b'"u', b'"\xff', 1),
             text.replace('"user_id":"', '"user_id":"\\ud800', 1).encode(),  # a lone surrogate escape
@@ -120,7 +130,10 @@ def test_the_typed_decoder_answers_exactly_as_the_reference_parser(small_ds, eve
             assert parse_event(variant, q) == parse_event_untyped(variant, q), variant[:200]
             checked += 1
     valid = sum(isinstance(parse_event(v, q), SessionEvent) for v in _variants(events[0][1]))
-    assert checked > 3000 and 5 < valid < 40  # both kinds of outcome are exercised
+    kinds = {getattr(parse_event(v, q), "kind", "ok") for _, raw in events[:40] for v in _variants(raw)}
+    assert checked > 5000 and valid > 5 and {"ok", "routing", "single_select", "unknown_option", "duplicate_answer",
+                                               "repeated_option", "unknown_question", "empty_answers", "bad_json",
+                                               "wrong_types", "unknown_schema_version"} <= kinds
 
 
 def test_scores_carry_exact_float32_probabilities(small_ds, events):
