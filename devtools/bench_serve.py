@@ -82,7 +82,8 @@ def bench_serve(settings, users: int = 3000, rows: int = 4096, rounds: int = 3, 
                 batches: tuple[int, ...] = BATCHES) -> dict:
     """Rows/s through the Serve app vs the same model in process, per micro-batch size; in process
     both with the sources encoded per event (eager) and with each user's external encoding stored
-    ahead (what the replica reads), side by side. The replica's placement (``num_gpus``, ``half``, ``device``) comes from ``settings.serve``."""
+    ahead (what the replica reads), side by side. The replica's placement (``num_gpus``, ``half``,
+    ``device``) comes from ``settings.serve``."""
     from ray import serve
 
     from devtools.bench_features import historic_store
@@ -139,7 +140,8 @@ def bench_serve(settings, users: int = 3000, rows: int = 4096, rounds: int = 3, 
                        "serve_rows_per_s_4_callers": _concurrent_rate(remote.score, batches, 4)}
                 result["batches"][str(size)] = row
                 log(f"batch {size:>4}: in-process eager {local_rps:8.0f} rows/s, stored encodings {stored_rps:8.0f} "
-                    f"({row['stored_vs_eager']:.2f}x), Serve (stored) {serve_rps:8.0f} rows/s ({row['ratio']:.2f}x), p50 {row['serve_p50_ms']:.1f} ms, p99 {row['serve_p99_ms']:.1f} ms, "
+                    f"({row['stored_vs_eager']:.2f}x), Serve (stored) {serve_rps:8.0f} rows/s ({row['ratio']:.2f}x), "
+                    f"p50 {row['serve_p50_ms']:.1f} ms, p99 {row['serve_p99_ms']:.1f} ms, "
                     f"4 callers {row['serve_rows_per_s_4_callers']:.0f} rows/s")
         finally:
             serve.shutdown()
