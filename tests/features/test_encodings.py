@@ -1,4 +1,4 @@
-"""Materialized external encodings in a real online store (SQLite): `lantern features encode`
+"""Materialized external encodings in real online stores (SQLite and Redis): `lantern features encode`
 writes every user's encoding for one model version; the scorer serving that version reads them
 (sources past their TTL dropped, as the lookup drops them) and scores exactly as it does from
 the looked-up rows; another version's encodings are refused and those users are looked up."""
@@ -6,11 +6,14 @@ the looked-up rows; another version's encodings are refused and those users are 
 from __future__ import annotations
 
 import json
+import shutil
+from contextlib import ExitStack
 from datetime import timedelta
 
 import numpy as np
 import pytest
 
+from devtools.servers import redis_server
 from features.lookup import OnlineLookup
 from features.online import encode_online, materialize_online, source_users
 from features.store import FeatureStoreConfig, apply, open_store
@@ -25,16 +28,22 @@ from tests.ray_jobs.conftest import model_dirs  # noqa: F401
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def encoded_store(recent_ds, model_dirs, tmp_path_factory):  # noqa: F811
-    cfg = FeatureStoreConfig(repo=tmp_path_factory.mktemp("feast_encodings"))
-    store = open_store(cfg)
-    apply(store, recent_ds, cfg)
-    materialize_online(store, cfg, end=NOW + timedelta(minutes=1))
-    loaded = load_model(model_dirs[0][0])
-    users = source_users(store, cfg)
-    assert encode_online(store, loaded, "v1", users) == len(users)
-    return store, loaded, users, cfg
+@pytest.fixture(scope="module", params=["sqlite", "redis"])
+def encoded_store(request, recent_ds, model_dirs, tmp_path_factory):  # noqa: F811
+    with ExitStack() as stack:
+        options = {}
+        if request.param == "redis":
+            if shutil.which("redis-server") is None:  # make test installs it
+                pytest.skip("no redis-server binary on PATH (make test installs Debian's redis-server)")
+            options = {"online": "redis", "redis": stack.enter_context(redis_server())}
+        cfg = FeatureStoreConfig(repo=tmp_path_factory.mktemp(f"feast_encodings_{request.param}"), **options)
+        store = open_store(cfg)
+        apply(store, recent_ds, cfg)
+        materialize_online(store, cfg, end=NOW + timedelta(minutes=1))
+        loaded = load_model(model_dirs[0][0])
+        users = source_users(store, cfg)
+        assert encode_online(store, loaded, "v1", users) == len(users)
+        yield store, loaded, users, cfg
 
 
 def test_stored_encodings_keep_the_lookups_presence_and_ttl(encoded_store):
@@ -89,7 +98,10 @@ def test_the_cli_stores_them_for_the_model_it_is_given(encoded_store, model_dirs
 
     store, _, users, cfg = encoded_store
     other = model_dirs[1][0]
-    result = CliRunner().invoke(app, ["features", "encode", "--model", str(other), "--repo", str(cfg.repo)])
+    online = ["--online", "redis"] if cfg.online == "redis" else []
+    env = {"LANTERN_FEATURES__REDIS": cfg.redis}
+    result = CliRunner().invoke(app, ["features", "encode", "--model", str(other), "--repo", str(cfg.repo), *online],
+                                env=env)
     assert result.exit_code == 0, result.output
     assert f"stored {len(users)} users' external encodings by model {other.name}" in " ".join(result.output.split())
     loaded = load_model(other)
