@@ -2,7 +2,8 @@
 
 embedded broker → simulate → Feast apply + materialize (SQLite) → Feast point-in-time training
 set → Ray Train (LANTERN, ``retrain.num_workers`` CPU workers) → registry (register + promote) →
-Ray Serve (``LanternScorer`` + ``StreamConsumer`` apps) → replay completed sessions (with a few
+every user's external encoding by the champion stored online → Ray Serve (``LanternScorer`` +
+``StreamConsumer`` apps) → replay completed sessions (with a few
 broken ones) through Kafka → scores to the scores topic and, through the score sink, to Feast →
 the quality ablation on the same split → ``reports/demo/`` (summary.md, demo.json, plots).
 
@@ -74,6 +75,7 @@ def run_demo(settings: LanternSettings, bootstrap: str | None) -> dict:
         trained, result = _train(s, ds, store)
 
         steps("deploy on Ray Serve")
+        _store_encodings(s, store)
         _serve(s)
 
         steps("stream: replay → score → Kafka + Feast")
@@ -133,6 +135,18 @@ def _train(s: LanternSettings, ds, store):
                "best_val_loss": result.best["val_loss"], "multi_threshold": result.best["multi_threshold"],
                "seconds": result.seconds, "trainer": f"Ray Train, {s.retrain.num_workers} workers"}
     return (result.model, history), result
+
+
+def _store_encodings(s: LanternSettings, store) -> None:
+    """The champion's external encoding of every user, stored online: the replicas read it."""
+    from features.online import encode_online, source_users
+    from model.registry import Registry
+
+    t = time.perf_counter()
+    registry = Registry(s.serve.registry)
+    version = registry.champion()
+    users = encode_online(store, registry.load(version), version, source_users(store, s.features))
+    console.print(f"stored {users} users' external encodings by {version} in {time.perf_counter() - t:.1f} s")
 
 
 def _serve(s: LanternSettings) -> None:

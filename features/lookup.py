@@ -67,6 +67,7 @@ class OnlineLookup:
         self.reader = (RedisReader(self.config, self.layouts) if self.redis else
                        SqliteReader(self.config, self.layouts, self.tables, vector_table, encoding_table))
         self.refused_encodings = 0  # stored encodings of another model version, refused so far
+        self._warned: set[str] = set()
         self._shapers: dict[int, tuple[FeatureSpec, InputShaper]] = {}
 
     @classmethod
@@ -136,7 +137,8 @@ class OnlineLookup:
         blobs = self.reader.read_encodings(self.entity_keys(user_ids))
         out, refused = read_many(blobs, model_version, self.clock(), ttl, wrapped=True)
         if refused:
-            if not self.refused_encodings:
+            if model_version not in self._warned:  # once per served version
+                self._warned.add(model_version)
                 log.warning("stored external encodings of model %r refused (serving %r): those users are "
                             "encoded per event until `lantern features encode` runs", refused[0], model_version)
             self.refused_encodings += len(refused)

@@ -177,7 +177,7 @@ def read(blob: bytes, model_version: str, now: float = np.inf, ttl_s: np.ndarray
 
 def fresh(model: torch.nn.Module, sources: list[SourceArrays]) -> list[UserEncoding]:
     """Encodings computed now from looked-up rows (TTL already applied by the lookup)."""
-    return [read(b, "") for b in encode_users(model, sources, "")]
+    return read_many(encode_users(model, sources, ""), "")[0]
 
 
 def stack(encodings: list[UserEncoding], d_model: int, n_keys: int,
