@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from model.inference import forward
-from model.materialized import encode_users, read
+from model.materialized import encode_users, read_many
 
 CPU = torch.device("cpu")
 TAG = "bench"
@@ -39,7 +39,7 @@ def _eager(model):
 
 def _stored(model):
     def run(d, blobs):
-        stored = [read(b, TAG) for b in blobs]
+        stored, _ = read_many(blobs, TAG)  # as the scorer reads a batch
         return forward(model, d.survey.q_idx, d.survey.sel, [], CPU, stored=stored)[0]
     return run
 
@@ -52,14 +52,14 @@ def _onnx(model, sample, blobs):
         return None, f"onnxruntime is not installed ({exc.name}); pip install onnxruntime onnx onnxscript"
     from devtools.onnx_export import export_stored_graph, stored_inputs
 
-    path, names = export_stored_graph(model, sample, [read(b, TAG) for b in blobs])
+    path, names = export_stored_graph(model, sample, read_many(blobs, TAG)[0])
     options = ort.SessionOptions()
     options.intra_op_num_threads = options.inter_op_num_threads = 1
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def run(d, blobs):
         out = np.empty((len(d), model.cfg.n_keys), np.float32)
-        for rows, feed in stored_inputs(model, d, [read(b, TAG) for b in blobs]):
+        for rows, feed in stored_inputs(model, d, read_many(blobs, TAG)[0]):
             out[rows] = session.run(None, dict(zip(names, feed)))[0]
         return out
     return run, None
