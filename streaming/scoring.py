@@ -143,7 +143,8 @@ class BatchCodec:
         read = getattr(self.features, "stored_encodings", None)
         if self.stored_version is None or read is None:
             return None
-        return read(user_ids, self.spec, self.stored_version)
+        stored = read(user_ids, self.spec, self.stored_version)
+        return None if stored is None or all(e is None for e in stored) else stored  # None: the plain path
 
     def _sources(self, user_ids: list[str], stored: Stored | None) -> dict[str, SourceArrays]:
         """Looked-up inputs for the users without a stored encoding; for the others, presence only."""
