@@ -113,7 +113,8 @@ def bench_model_cmd(ctx: typer.Context,
                     json_out: Annotated[Path, typer.Option("--json")] = Path("reports/bench_model.json"),
                     users: Annotated[int, typer.Option(help="Users to train the benchmark model on.")] = 3000,
                     rounds: Annotated[int, typer.Option(min=1, help="Interleaved rounds (medians).")] = 5):
-    """The model stage per core: eager forward vs int8 dynamic quantization vs torch.compile, side by side."""
+    """The model stage per core: eager forward vs stored external encodings, int8 dynamic quantization,
+    torch.compile and ONNX Runtime (when installed), side by side."""
     from devtools.bench_model import bench_model
 
     s = settings_for(ctx)

@@ -209,10 +209,9 @@ def _run_actors(s: LanternSettings, kafka: KafkaConfig, events, n: int, latency:
     from ray_jobs.serve import deploy, feature_store_options
     from streaming.kafka_io import ensure_topics
 
-    topic = "bench.sessions.1" if n == 1 and path == MODEL_PATHS[1] else f"bench.sessions.{path}.{n}"
-    run = replace(kafka, input_topic=topic, scores_topic=f"bench.scores.{path}.{n}", group_id=f"bench-{path}-{n}")
-    if topic != "bench.sessions.1":
-        _preload(kafka, run.input_topic, events)
+    run = replace(kafka, input_topic=f"bench.sessions.{path}.{n}", scores_topic=f"bench.scores.{path}.{n}",
+                  group_id=f"bench-{path}-{n}")
+    _preload(kafka, run.input_topic, events)
     ensure_topics(run)
     features = feature_store_options(replace(s.features, encodings=path != "eager"))
     deploy(replace(s.serve, min_replicas=n, max_replicas=n), features=features, threshold=s.demo.threshold, http=False)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -61,45 +61,42 @@ def encoding_version(model: torch.nn.Module, version: str) -> str:
     return f"{version}#{digest.hexdigest()}"
 
 
-def encode_users(model: torch.nn.Module, sources: list[SourceArrays], model_version: str,
-                 event_times: np.ndarray | None = None, rows: int = 256) -> list[bytes]:
-    """One blob per user (the rows of ``sources``). ``event_times`` (N, S): each source row's event
-    time in epoch seconds, for the TTL at scoring time (None: never expires)."""
-    n, S = (len(sources[0].present), len(sources)) if sources else (0, 0)
-    times = np.zeros((n, S)) if event_times is None else np.asarray(event_times, np.float64)
-    head = _HEAD.pack(MAGIC, len(model_version.encode())) + model_version.encode()
-    head += b"\0" * (-len(head) % 4)
-    blobs, device = [], next(model.parameters()).device
+def _encoded_chunks(model: torch.nn.Module, sources: list[SourceArrays], rows: int = 256):
+    """Per chunk of ``rows`` users: their row indices, tokens (B, Tk, D), mask (B, Tk), each
+    token's source (Tk,) (tokens are in source order) and each source's wide logits (B, S, K)."""
+    n = len(sources[0].present) if sources else 0
+    device = next(model.parameters()).device
     with torch.inference_mode():
         for start in range(0, n, rows):
             idx = np.arange(start, min(start + rows, n))
             batch = to_batch(np.zeros((len(idx), 1), np.int16), np.zeros((len(idx), 1, 1), np.int16),
                              [s.take(idx) for s in sources], device)
-            tokens, mask, token_source, wide = _per_source(model, batch.sources)
-            for j, i in enumerate(idx):
-                keep = mask[j]
-                counts = np.bincount(token_source[keep], minlength=S)
-                present = np.array([s.present[i] for s in sources])
-                stamps = np.where(present, times[i], np.nan)
-                table = b"".join(_SOURCE.pack(t, c) for t, c in zip(stamps.tolist(), counts.tolist()))
-                blobs.append(b"".join([head, _DIMS.pack(S, tokens.shape[2], wide.shape[2]), table,
-                                       tokens[j, keep].tobytes(), wide[j].tobytes()]))
+            enc = model.encode_external(batch.sources)
+            wide = (model.wide.external_logits_by_source(batch.sources) if model.cfg.wide
+                    else enc.wide.new_zeros(len(idx), len(sources), model.cfg.n_keys))
+            yield (idx, enc.tokens.float().cpu().numpy(), enc.mask.cpu().numpy(),
+                   enc.token_source.cpu().numpy().astype(np.uint8), wide.float().cpu().numpy())
+
+
+def encode_users(model: torch.nn.Module, sources: list[SourceArrays], model_version: str,
+                 event_times: np.ndarray | None = None, rows: int = 256) -> list[bytes]:
+    """One blob per user (the rows of ``sources``). ``event_times`` (N, S): each source row's event
+    time in epoch seconds, for the TTL at scoring time (None: never expires)."""
+    S = len(sources)
+    present = np.stack([s.present for s in sources], 1) if sources else np.zeros((0, 0), bool)  # (N, S)
+    times = np.zeros(present.shape) if event_times is None else np.asarray(event_times, np.float64)
+    stamps = np.where(present, times, np.nan)
+    head = _HEAD.pack(MAGIC, len(model_version.encode())) + model_version.encode()
+    head += b"\0" * (-len(head) % 4)
+    blobs = []
+    for idx, tokens, mask, token_source, wide in _encoded_chunks(model, sources, rows):
+        for j, i in enumerate(idx):
+            keep = mask[j]
+            counts = np.bincount(token_source[keep], minlength=S)
+            table = b"".join(_SOURCE.pack(t, c) for t, c in zip(stamps[i].tolist(), counts.tolist()))
+            blobs.append(b"".join([head, _DIMS.pack(S, tokens.shape[2], wide.shape[2]), table,
+                                   tokens[j, keep].tobytes(), wide[j].tobytes()]))
     return blobs
-
-
-def _per_source(model, sources) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Tokens (B, Tk, D), mask (B, Tk), token source (Tk,) sorted by source, wide (B, S, K)."""
-    enc = model.encode_external(sources)
-    wide = [model.wide.external_logits([s if k == i else _absent(s) for k, s in enumerate(sources)])
-            if model.cfg.wide else 0.0 for i in range(len(sources))]
-    wide = torch.stack([w if torch.is_tensor(w) else enc.wide.new_zeros(enc.wide.shape) for w in wide], 1)
-    return (enc.tokens.float().cpu().numpy(), enc.mask.cpu().numpy(),
-            enc.token_source.cpu().numpy().astype(np.uint8), wide.float().cpu().numpy())
-
-
-def _absent(s):
-    """The same source batch with no row for anyone (its wide features are then exactly zero)."""
-    return replace(s, present=torch.zeros_like(s.present))
 
 
 def _unwrap(blob) -> memoryview:
@@ -176,8 +173,16 @@ def read(blob: bytes, model_version: str, now: float = np.inf, ttl_s: np.ndarray
 
 
 def fresh(model: torch.nn.Module, sources: list[SourceArrays]) -> list[UserEncoding]:
-    """Encodings computed now from looked-up rows (TTL already applied by the lookup)."""
-    return read_many(encode_users(model, sources, ""), "")[0]
+    """Encodings computed now from looked-up rows (TTL already applied by the lookup), built
+    directly: no blob in between."""
+    S, out = len(sources), []
+    for idx, tokens, mask, token_source, wide in _encoded_chunks(model, sources):
+        for j, i in enumerate(idx):
+            present = np.array([s.present[i] for s in sources], bool)
+            keep = mask[j]
+            out.append(UserEncoding(present, np.bincount(token_source[keep], minlength=S), tokens[j, keep],
+                                    wide[j][present].sum(0)))
+    return out
 
 
 def stack(encodings: list[UserEncoding], d_model: int, n_keys: int,

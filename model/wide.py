@@ -23,12 +23,14 @@ def survey_width(cfg) -> int:
     return cfg.n_keys + 2 * cfg.n_questions
 
 
+def source_width(s) -> int:
+    """One source's block of the flat external features (its ``SourceDims``)."""
+    sequence = (s.seq_card + 1 + s.n_seq_vals + 1) if s.seq_card else 0
+    return 2 * s.n_num + sum(c + 1 for c in s.cat_cards) + 1 + sequence
+
+
 def external_width(cfg) -> int:
-    n = 0
-    for s in cfg.sources:
-        n += 2 * s.n_num + sum(c + 1 for c in s.cat_cards) + 1
-        n += (s.seq_card + 1 + s.n_seq_vals + 1) if s.seq_card else 0
-    return n
+    return sum(source_width(s) for s in cfg.sources)
 
 
 def survey_features(cfg, q_idx: torch.Tensor, sel: torch.Tensor) -> torch.Tensor:
@@ -74,6 +76,13 @@ class Wide(nn.Module):
 
     def external_logits(self, sources) -> torch.Tensor | float:  # → (B, K), or 0.0 without an external part
         return self.external(external_features(self.cfg, sources)) if self.external is not None else 0.0
+
+    def external_logits_by_source(self, sources) -> torch.Tensor:
+        """Each source's part of the external logits, (B, S, K): the map is linear and has no bias,
+        so the parts sum to :meth:`external_logits`."""
+        widths = [source_width(s) for s in self.cfg.sources]
+        x = external_features(self.cfg, sources).split(widths, 1)
+        return torch.stack([part @ w.T for part, w in zip(x, self.external.weight.split(widths, 1))], 1)
 
     def forward(self, q_idx, sel, sources, use_external: bool = True) -> torch.Tensor:  # → (B, K)
         return self.survey_logits(q_idx, sel) + (self.external_logits(sources) if use_external else 0.0)

@@ -80,7 +80,7 @@ def _plain(value):
     """msgspec's hook for what it does not encode itself: numpy scalars (thresholds, gates)."""
     if isinstance(value, np.generic):
         return value.item()
-    raise NotImplementedError(f"cannot encode {type(value).__name__} as JSON")
+    raise TypeError(f"cannot encode {type(value).__name__} as JSON")
 
 
 _encode_json = msgspec.json.Encoder(enc_hook=_plain).encode  # compact UTF-8 JSON (score records)

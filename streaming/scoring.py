@@ -152,11 +152,10 @@ class BatchCodec:
             return self.features.model_inputs(user_ids, self.spec)
         need = np.array([e is None for e in stored])
         looked = self.features.model_inputs([u for u, n in zip(user_ids, need) if n], self.spec) if need.any() else {}
-        out = {}
+        out, rows = {}, np.flatnonzero(need)
         for j, s in enumerate(self.spec.sources):
             arrays = absent_source(s, len(user_ids))
             if s.name in looked:
-                rows = np.flatnonzero(need)
                 for f in arrays.__dataclass_fields__:
                     getattr(arrays, f)[rows] = getattr(looked[s.name], f)
             arrays.present[~need] = [e.present[j] for e in stored if e is not None]
