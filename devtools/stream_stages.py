@@ -2,7 +2,8 @@
 
 The pipeline per micro-batch (``kafka.max_poll_records`` records) is: consume → parse (bytes →
 validated events) → features (one online lookup) → encode (events + features → model arrays) →
-model (one forward pass) → produce (score records encoded, sent, flushed). Here each stage runs
+model (one forward pass) → produce (score records encoded, then sent and flushed by the
+scorer's ``KafkaSink``, dead letters included). Here each stage runs
 alone, batch after batch, in this process, on one core (one torch thread), so ``events / seconds``
 is what that stage could sustain on one core if it were the only work there. With a scorer that
 reads stored external encodings (``stored_version``), "features" reads them (and looks up only
@@ -14,7 +15,7 @@ from __future__ import annotations
 import gc
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -90,7 +91,7 @@ def measure_stages(cfg: KafkaConfig, topic: str, expected: int, scorer: BatchCod
     from model.data import encode_sessions
     from model.inference import forward
     from streaming.events import events_to_sessions
-    from streaming.kafka_io import outputs_producer
+    from streaming.kafka_io import KafkaSink
 
     seconds: dict[str, float] = {}
     seconds["consume"], records = consume_all(cfg, topic, expected)
@@ -110,15 +111,14 @@ def measure_stages(cfg: KafkaConfig, topic: str, expected: int, scorer: BatchCod
                                  stored=pair[1][2]), list(zip(encoded, looked_up)))
     finally:
         torch.set_num_threads(previous)
-    producer = outputs_producer(cfg)
+    sink = KafkaSink(replace(cfg, scores_topic=produce_topic))  # the scorer's own sink
     try:
         def produce(i: int) -> None:
             enc = Encoded(events[i], encoded[i], parsed[i][1], False)
-            for key, value in scorer.finish(enc, Prediction(*predicted[i], "bench")).scores:
-                producer.send(produce_topic, key=key, value=value)
-            producer.flush()
+            sink.write(scorer.finish(enc, Prediction(*predicted[i], "bench")))
+            sink.flush()
 
         seconds["produce"], _ = _timed(produce, list(range(len(batches))))
     finally:
-        producer.close()
+        sink.close()
     return StageTimes(len(records), seconds)

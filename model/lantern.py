@@ -5,7 +5,10 @@
     h_t = CrossAttn_8heads(q=h_s, kv=e)            # (B, Tq, D)
     g   = σ(W [h_s; h_t])                          # (B, Tq, D) per-dimension selective gate
     h   = h_s + g ⊙ (h_t − h_s)                    # g = 0 for users with no external data → survey-only
-    z   = FF(pool(LN(dropout(h + noise)))) + W·x   # (B, K) every response key; W·x the wide (linear) path
+    u   = LN(dropout(h + noise))                    # (B, Tq, D)
+    z   = FF(pool(u)) + R([u; e]) + W·x            # (B, K) every response key:
+                                                   #   R a query per question over every token (QuestionReadout),
+                                                   #   W·x the wide (linear) path
     p   = softmax per single-select question, σ per multi-select option (model/outputs.py)
 
 Variants from the same code: ``survey_only``, ``external_only``, ``early_fusion`` (one encoder over
@@ -51,6 +54,7 @@ class LanternConfig:
     fusion_noise: float = 0.1
     wide: bool = True  # add the logistic (linear) path to the logits
     gate_bias: float = -2.0  # the gate's initial bias: external context earns its way in
+    question_readout: bool = False  # a query per question over every token, beside the mean-pool head
     key_question: tuple[int, ...] = ()  # (K,) question of every response key; () = a sigmoid per key
     single_select: tuple[bool, ...] = ()  # (Q,) True = one option per question (softmax)
 
@@ -232,6 +236,38 @@ def _pool(h, mask):  # masked mean: (B, T, D), (B, T) → (B, D)
     return (h * m).sum(1) / m.sum(1).clamp_min(1.0)
 
 
+class QuestionReadout(nn.Module):
+    """Each question's own view of the tokens: a learned query per question attends over every
+    token the model has (the fused survey tokens, and the external tokens for variants that
+    encode them; one head, the tokens as they are), and each response key reads its question's
+    pooled vector with its own output weights. Masked tokens get no weight.
+
+        a_q = softmax_t(⟨query_q, h_t⟩ / √D)      # (B, T, Q) over each session's tokens
+        r_q = Σ_t a_q,t h_t                        # (B, Q, D) a mix of layer-normed tokens
+        z_k = ⟨u_k, r_q(k)⟩ + b_k                  # (B, K)
+    """
+
+    def __init__(self, cfg: LanternConfig):
+        super().__init__()
+        d = cfg.d_model
+        key_question = torch.as_tensor(cfg.key_question, dtype=torch.long)  # (K,)
+        assert (key_question.diff() >= 0).all(), "response keys are grouped by question"
+        first = torch.searchsorted(key_question, torch.arange(cfg.n_questions))
+        slot = torch.arange(cfg.n_keys) - first[key_question]  # each key's place among its question's options
+        self.register_buffer("flat", key_question * cfg.max_selected + slot, persistent=False)  # (K,)
+        self.query = nn.Parameter(torch.randn(cfg.n_questions, d) * 0.02)  # (Q, D)
+        self.out = nn.Parameter(torch.zeros(cfg.n_questions, cfg.max_selected, d))  # (Q, M, D) u_k: no say at first
+        self.bias = nn.Parameter(torch.zeros(cfg.n_keys))
+
+    def forward(self, h, mask):  # h (B, T, D) layer-normed tokens, mask (B, T) True = a token
+        B, _, D = h.shape
+        scores = (h @ self.query.T) / math.sqrt(D)  # (B, T, Q)
+        att = scores.masked_fill(~_attendable(mask)[..., None], float("-inf")).softmax(1)
+        r = att.transpose(1, 2) @ h  # (B, Q, D)
+        z = torch.einsum("bqd,qmd->bqm", r, self.out).reshape(B, -1)  # (B, Q·M) every question's option slots
+        return z[:, self.flat] + self.bias  # (B, K)
+
+
 class Lantern(nn.Module):
     def __init__(self, cfg: LanternConfig):
         super().__init__()
@@ -253,6 +289,9 @@ class Lantern(nn.Module):
         self.drop, self.ln_out = nn.Dropout(cfg.dropout), nn.LayerNorm(d)
         self.head = nn.Sequential(nn.Linear(d, cfg.ff_mult * d), nn.GELU(), nn.Dropout(cfg.dropout),
                                   nn.Linear(cfg.ff_mult * d, cfg.n_keys))
+        if cfg.question_readout:
+            assert cfg.key_question, "the question readout needs the key → question layout"
+            self.readout = QuestionReadout(cfg)
         if cfg.wide:  # the survey part unless the variant ignores the survey; the external part unless it has none
             self.wide = Wide(cfg, survey=cfg.variant != "external_only", external=uses_external)
 
@@ -308,6 +347,11 @@ class Lantern(nn.Module):
             h = h + self.cfg.fusion_noise * torch.randn_like(h)
         h = self.ln_out(self.drop(h))
         logits = self.head(_pool(h, mask_s))  # (B, K)
+        if self.cfg.question_readout:
+            tokens, mask = h, mask_s
+            if uses_encoding:  # the external tokens too (masked where absent: survey-only stays exact)
+                tokens, mask = torch.cat([h, external.tokens], 1), torch.cat([mask_s, external.mask], 1)
+            logits = logits + self.readout(tokens, mask)
         if self.cfg.wide:
             logits = logits + self.wide.survey_logits(q_idx, sel)
             if uses_encoding:

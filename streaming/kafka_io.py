@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from lantern.settings.kafka import KafkaConfig
 from streaming.codecs import check_codecs
 from streaming.events import dlq_headers
+from streaming.key_partitions import key_partitions
 from streaming.loop import LoopOptions, ScoreStats, Stopper, consume_loop, score_stream
 from streaming.scoring import ScoredBatch
 from streaming.sinks import OutputsNotAcknowledged
@@ -113,14 +114,23 @@ class KafkaSink:
 
     def write(self, batch: ScoredBatch) -> None:
         try:
-            self.sent += [self.producer.send(self.cfg.scores_topic, key=key, value=value)
-                          for key, value in batch.scores]
+            partitions = self._partitions([key for key, _ in batch.scores])
+            self.sent += [self.producer.send(self.cfg.scores_topic, key=key, value=value, partition=partition)
+                          for (key, value), partition in zip(batch.scores, partitions)]
             self.sent += [self.producer.send(self.cfg.dlq_topic, key=record.key, value=record.value,
                                              headers=dlq_headers(error, record.topic, record.partition, record.offset,
                                                                  record.headers))
                           for record, error in batch.dead]
         except KafkaError as exc:  # no metadata / buffer full: the broker is away
             self._fail(f"producing the batch's outputs failed: {exc!r}", exc)
+
+    def _partitions(self, keys: list[bytes | None]) -> list[int | None]:
+        """The scores' partitions as the default partitioner would choose them (by key), for the
+        batch at once: kafka-python's partitioner hashes one key at a time in Python."""
+        if not keys or None in keys:  # a record without a key: the producer's partitioner picks
+            return [None] * len(keys)
+        partitions = sorted(self.producer.partitions_for(self.cfg.scores_topic))
+        return [partitions[i] for i in key_partitions(keys, len(partitions))]
 
     def flush(self) -> None:
         try:

@@ -8,12 +8,12 @@ VARIANTS = ("survey_only", "external_only", "early_fusion", "lantern")
 BASELINES = ("logistic",)  # model/baseline.py, built from the same config
 PRESETS = {
     # small: 2 heads in the encoders' self-attention (head dim 32) run ~3x faster on CPU than 8
-    "small": dict(d_model=64, survey_layers=2, source_layers=1, ff_mult=2, encoder_heads=2),
-    "paper": dict(d_model=512, survey_layers=10, source_layers=2, ff_mult=4, encoder_heads=8),
+    "small": dict(d_model=64, survey_layers=2, source_layers=1, ff_mult=2, encoder_heads=2, question_readout=True),
+    "paper": dict(d_model=512, survey_layers=10, source_layers=2, ff_mult=4, encoder_heads=8, question_readout=True),
 }
 
 
-EPOCH_ROWS = 400_000  # rows an automatic epoch budget covers (35K users: 13 passes; 2.8K users: 60)
+EPOCH_ROWS = 360_000  # rows an automatic epoch budget covers (35K users: 12 passes; 2.8K users: 60)
 
 
 @dataclass(frozen=True)

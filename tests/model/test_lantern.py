@@ -145,3 +145,21 @@ def test_the_scorers_length_sorted_chunks_answer_like_one_untrimmed_batch(small_
     probs, gate = forward(model, sub.survey.q_idx, sub.survey.sel, sub.sources, torch.device("cpu"))
     np.testing.assert_allclose(probs, whole_probs, atol=1e-5)
     np.testing.assert_allclose(gate, whole_gate, atol=1e-5)
+
+
+def test_each_key_reads_its_own_questions_query_only(small_ds, encoded):
+    """The question readout: moving one question's query moves the logits of that question's
+    keys and of no other key."""
+    spec, data = encoded
+    model = _model(small_ds, spec, question_readout=True)
+    assert model.cfg.question_readout
+    with torch.no_grad():
+        model.readout.out.normal_(0, 0.5)  # trained weights: not the zero start
+        batch = _batch(data, range(16))
+        base = model(batch)
+        q = 3
+        model.readout.query[q].add_(torch.randn_like(model.readout.query[q]))
+        moved = (model(batch) - base).abs().amax(0)  # (K,)
+    own = torch.as_tensor(small_ds.questionnaire.key_question) == q
+    assert moved[own].min().item() > 1e-5
+    assert moved[~own].max().item() == 0.0

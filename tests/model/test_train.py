@@ -42,8 +42,8 @@ def test_the_kept_epoch_is_the_one_with_the_lowest_validation_loss(trained):
 
 
 def test_the_automatic_epoch_budget_gives_small_datasets_more_passes():
-    assert TrainConfig().max_epochs(31_000) == 13 and TrainConfig().max_epochs(300_000) == 12
-    assert TrainConfig().max_epochs(2_240) == 60 and TrainConfig().max_epochs(20_000) == 20
+    assert TrainConfig().max_epochs(31_000) == 12 and TrainConfig().max_epochs(300_000) == 12
+    assert TrainConfig().max_epochs(2_240) == 60 and TrainConfig().max_epochs(20_000) == 18
     assert TrainConfig(epochs=3).max_epochs(2_240) == 3
 
 
