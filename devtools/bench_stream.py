@@ -132,7 +132,9 @@ def run_bench_stream(settings: LanternSettings, bench: StreamBench, bootstrap: s
         for path, scorer in scorers.items():  # side by side: sources encoded per event vs stored encodings
             stages[path] = _measure_stages(kafka, "bench.sessions.1", len(events), scorer, model)
             log(f"stage ceilings, {path} (events/s): "
-                + ", ".join(f"{k} {v:,.0f}" for k, v in stages[path].ceilings_eps().items()))
+                + ", ".join(f"{k} {v:,.0f}" for k, v in stages[path].ceilings_eps().items())
+                + "; produce by client: " + ", ".join(
+                    f"{k} {v:,.0f}" for k, v in stages[path].alternatives_eps()["produce"].items()))
         start_local(stack)
         sections = {}
         for path in bench.paths:
@@ -274,7 +276,8 @@ def _result(s: LanternSettings, bench: StreamBench, broker: str, replay_eps: flo
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "machine": f"{cores} cores",
         "broker": broker, "preset": bench.preset, "events": bench.events, "micro_batch": s.kafka.max_poll_records,
         "model_path": bench.paths[0], **sections[bench.paths[0]], "paths": sections,
-        "stages_by_path": {p: {"ceilings_eps": st.ceilings_eps(), "stage_bound_eps": st.bound_eps(cores)}
-                           for p, st in stages.items()},
+        "producer": s.kafka.producer,
+        "stages_by_path": {p: {"ceilings_eps": st.ceilings_eps(), "stage_bound_eps": st.bound_eps(cores),
+                               "alternatives_eps": st.alternatives_eps()} for p, st in stages.items()},
         "replay_eps": replay_eps,
     }

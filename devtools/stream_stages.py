@@ -15,11 +15,11 @@ from __future__ import annotations
 import gc
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 
-from lantern.settings.kafka import KafkaConfig
+from lantern.settings.kafka import PRODUCERS, KafkaConfig
 from model.inference import Prediction
 from streaming.scoring import BatchCodec, Encoded, Record
 
@@ -30,6 +30,11 @@ STAGES = ("consume", "parse", "features", "encode", "model", "produce")
 class StageTimes:
     events: int
     seconds: dict[str, float]
+    #: other ways to run a stage, measured beside it and not in the bound: {stage: {way: seconds}}
+    alternatives: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def alternatives_eps(self) -> dict[str, dict[str, float]]:
+        return {stage: {way: self.events / s for way, s in ways.items()} for stage, ways in self.alternatives.items()}
 
     def ceilings_eps(self) -> dict[str, float]:
         return {stage: self.events / s for stage, s in self.seconds.items()}
@@ -91,7 +96,6 @@ def measure_stages(cfg: KafkaConfig, topic: str, expected: int, scorer: BatchCod
     from model.data import encode_sessions
     from model.inference import forward
     from streaming.events import events_to_sessions
-    from streaming.kafka_io import KafkaSink
 
     seconds: dict[str, float] = {}
     seconds["consume"], records = consume_all(cfg, topic, expected)
@@ -111,14 +115,25 @@ def measure_stages(cfg: KafkaConfig, topic: str, expected: int, scorer: BatchCod
                                  stored=pair[1][2]), list(zip(encoded, looked_up)))
     finally:
         torch.set_num_threads(previous)
-    sink = KafkaSink(replace(cfg, scores_topic=produce_topic))  # the scorer's own sink
+    outputs = [(Encoded(events[i], encoded[i], parsed[i][1], False), Prediction(*predicted[i], "bench"))
+               for i in range(len(batches))]
+    by_client = {client: _time_produce(replace(cfg, scores_topic=produce_topic, producer=client), scorer, outputs)
+                 for client in (cfg.producer, *(p for p in PRODUCERS if p != cfg.producer))}
+    seconds["produce"] = by_client[cfg.producer]
+    return StageTimes(len(records), seconds, {"produce": by_client})
+
+
+def _time_produce(cfg: KafkaConfig, scorer: BatchCodec, outputs: list) -> float:
+    """Seconds for every batch's score records to be encoded (``finish``), then sent and flushed
+    by the scorer's own sink through ``cfg.producer``'s client."""
+    from streaming.kafka_io import KafkaSink
+
+    sink = KafkaSink(cfg)
     try:
-        def produce(i: int) -> None:
-            enc = Encoded(events[i], encoded[i], parsed[i][1], False)
-            sink.write(scorer.finish(enc, Prediction(*predicted[i], "bench")))
+        def produce(pair) -> None:
+            sink.write(scorer.finish(*pair))
             sink.flush()
 
-        seconds["produce"], _ = _timed(produce, list(range(len(batches))))
+        return _timed(produce, outputs)[0]
     finally:
         sink.close()
-    return StageTimes(len(records), seconds)

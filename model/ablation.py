@@ -29,6 +29,9 @@ ABLATION = VARIANTS + ("logistic",)
 REFERENCE, ORACLE = "answer_rates", "oracle"
 PAPER_F1 = {"survey_only": 0.734, "external_only": 0.545, "lantern": 0.775}
 BOOTSTRAP_REPS, AUC_REPS = 1000, 100
+#: training rows (all variants, all passes) below which the fits run here one after another: a
+#: spawned worker spends seconds importing torch and receiving the split before it trains
+POOL_MIN_ROWS = 50_000
 
 
 def run_ablation(ds: Dataset, tc: TrainConfig, variants=ABLATION, progress: bool = True, log=print,
@@ -80,9 +83,11 @@ def _fit_weights(prep: Prepared, tc: TrainConfig) -> tuple[dict, dict]:
 def fit_variants(prep: Prepared, tc: TrainConfig, variants, workers: int | None = None, progress: bool = True) -> dict:
     """variant → (model, history). On a CPU, ``workers`` variants train at once in their own
     processes with one thread each (small models use two cores better that way than with two
-    threads in one fit); on a GPU, or with one worker, one after another here."""
+    threads in one fit); on a GPU, with one worker, or when the fits are too small to pay for
+    starting the processes (``POOL_MIN_ROWS``), one after another here."""
     workers = workers or min(2, os.cpu_count() or 1)
-    if workers <= 1 or len(variants) <= 1 or resolve_device(tc.device).type != "cpu":
+    rows = len(prep.train_idx) * tc.max_epochs(len(prep.train_idx)) * len(variants)
+    if workers <= 1 or len(variants) <= 1 or resolve_device(tc.device).type != "cpu" or rows < POOL_MIN_ROWS:
         return {v: fit(prep, replace(tc, variant=v), progress=progress) for v in variants}
     slow_first = sorted(variants, key=lambda v: ("early_fusion", "external_only", "lantern", "survey_only").index(v)
                         if v in VARIANTS else 9)

@@ -110,11 +110,38 @@ def paired_difference(stats_a: np.ndarray, stats_b: np.ndarray, weights: np.ndar
 def paired_macro_auc(probs_a, probs_b, y, mask, weights: np.ndarray) -> dict:
     """a − b in macro AUC with a paired-bootstrap 95 % interval (replicates resample sessions)."""
     point = macro(auc, probs_a, y, mask) - macro(auc, probs_b, y, mask)
-    diffs = []
-    for w in weights:
-        idx = np.repeat(np.arange(len(w)), w.astype(np.int64))
-        diffs.append(macro(auc, probs_a[idx], y[idx], mask[idx]) - macro(auc, probs_b[idx], y[idx], mask[idx]))
-    return _interval(point, np.asarray(diffs))
+    diffs = macro_auc_replicates(probs_a, y, mask, weights) - macro_auc_replicates(probs_b, y, mask, weights)
+    return _interval(point, diffs)
+
+
+def macro_auc_replicates(probs, y, mask, weights: np.ndarray) -> np.ndarray:
+    """(R,) macro AUC of every bootstrap replicate (``weights``: (R, N) draws of each session):
+    each key's AUC on the resampled sessions, averaged over the keys with both classes."""
+    per_key = np.stack([weighted_auc(probs[mask[:, k], k], y[mask[:, k], k] > 0, weights[:, mask[:, k]])
+                        for k in range(probs.shape[1])], axis=1)  # (R, K)
+    finite = np.isfinite(per_key)
+    return np.where(finite.any(1), np.where(finite, per_key, 0).sum(1) / np.maximum(finite.sum(1), 1), np.nan)
+
+
+def weighted_auc(p: np.ndarray, positive: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """(R,) ROC AUC of ``p`` against ``positive`` (n,) with each entry counted ``w[r]`` (R, n)
+    times: the Mann-Whitney U of the resampled entries, ties counting one half (= ``metrics.auc``
+    on the entries repeated). One sort for every replicate; NaN where a replicate lacks a class."""
+    if not len(p):
+        return np.full(len(w), np.nan)
+    order = np.argsort(p, kind="mergesort")
+    p, positive, w = p[order], positive[order], w[:, order]
+    neg = np.where(positive, 0.0, w)
+    below_end = np.concatenate([np.zeros((len(w), 1)), np.cumsum(neg, axis=1)], axis=1)  # (R, n + 1)
+    new_value = np.r_[True, p[1:] != p[:-1]]
+    starts, group = np.flatnonzero(new_value), np.cumsum(new_value) - 1  # tie groups: first entry, entry's group
+    ends = np.r_[starts[1:], len(p)]
+    below = below_end[:, starts][:, group]  # negatives scored strictly lower, per entry (R, n)
+    tied = (below_end[:, ends] - below_end[:, starts])[:, group]  # negatives in the entry's tie group
+    pos = np.where(positive, w, 0.0)
+    n_pos, n_neg = pos.sum(1), neg.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where((n_pos > 0) & (n_neg > 0), (pos * (below + 0.5 * tied)).sum(1) / (n_pos * n_neg), np.nan)
 
 
 def _interval(point: float, reps: np.ndarray) -> dict:

@@ -13,15 +13,15 @@ import time
 
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
-from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.errors import TopicAlreadyExistsError
 from kafka.structs import TopicPartition
 from tqdm.auto import tqdm
 
 from lantern.settings.kafka import KafkaConfig
 from streaming.codecs import check_codecs
 from streaming.events import dlq_headers
-from streaming.key_partitions import key_partitions
 from streaming.loop import LoopOptions, ScoreStats, Stopper, consume_loop, score_stream
+from streaming.producers import outputs_producer
 from streaming.scoring import ScoredBatch
 from streaming.sinks import OutputsNotAcknowledged
 
@@ -78,17 +78,6 @@ def replay(cfg: KafkaConfig, events: list[tuple[bytes, bytes]], rate: float | No
     return len(events)
 
 
-#: per-partition batch bytes: a micro-batch's scores (~2 KB each) travel in a few requests, not
-#: one per 16 KB (kafka-python's default) — ~1.8x the produce rate here (docs/performance.md)
-PRODUCER_BATCH_BYTES = 1 << 20
-
-
-def outputs_producer(cfg: KafkaConfig) -> KafkaProducer:
-    """The scorer's producer for scores and dead letters: idempotent, every replica acknowledged."""
-    return KafkaProducer(acks="all", enable_idempotence=True, linger_ms=2, batch_size=PRODUCER_BATCH_BYTES,
-                         max_block_ms=int(cfg.flush_timeout_s * 1000), **cfg.client_options())
-
-
 def group_consumer(cfg: KafkaConfig, group_id: str) -> KafkaConsumer:
     """A consumer group member for :func:`streaming.loop.consume_loop`: codecs checked first (a
     batch it cannot decompress must never reach poll()), topics created, nothing auto-committed."""
@@ -105,49 +94,35 @@ def run_group(cfg: KafkaConfig, group_id: str, handle, stopper: Stopper | None =
 
 
 class KafkaSink:
-    """Scores to the scores topic, dead letters (with their reason headers) to the DLQ topic.
-    ``flush`` waits for every send's acknowledgement; a producer that failed is replaced (an
-    idempotent producer whose broker lost its state stays failed)."""
+    """Scores to the scores topic, dead letters (with their reason headers) to the DLQ topic,
+    through the producer ``kafka.producer`` names (streaming/producers.py). ``flush`` waits for
+    every send's acknowledgement; a producer that failed is replaced (an idempotent producer whose
+    broker lost its state stays failed)."""
 
     def __init__(self, cfg: KafkaConfig):
-        self.cfg, self.producer, self.sent = cfg, outputs_producer(cfg), []
+        self.cfg, self.producer = cfg, outputs_producer(cfg)
 
     def write(self, batch: ScoredBatch) -> None:
         try:
-            partitions = self._partitions([key for key, _ in batch.scores])
-            self.sent += [self.producer.send(self.cfg.scores_topic, key=key, value=value, partition=partition)
-                          for (key, value), partition in zip(batch.scores, partitions)]
-            self.sent += [self.producer.send(self.cfg.dlq_topic, key=record.key, value=record.value,
-                                             headers=dlq_headers(error, record.topic, record.partition, record.offset,
-                                                                 record.headers))
-                          for record, error in batch.dead]
-        except KafkaError as exc:  # no metadata / buffer full: the broker is away
-            self._fail(f"producing the batch's outputs failed: {exc!r}", exc)
-
-    def _partitions(self, keys: list[bytes | None]) -> list[int | None]:
-        """The scores' partitions as the default partitioner would choose them (by key), for the
-        batch at once: kafka-python's partitioner hashes one key at a time in Python."""
-        if not keys or None in keys:  # a record without a key: the producer's partitioner picks
-            return [None] * len(keys)
-        partitions = sorted(self.producer.partitions_for(self.cfg.scores_topic))
-        return [partitions[i] for i in key_partitions(keys, len(partitions))]
+            self.producer.send(self.cfg.scores_topic, [(key, value, None) for key, value in batch.scores])
+            self.producer.send(self.cfg.dlq_topic, [
+                (record.key, record.value, dlq_headers(error, record.topic, record.partition, record.offset,
+                                                       record.headers))
+                for record, error in batch.dead])
+        except OutputsNotAcknowledged:
+            self._replace()
+            raise
 
     def flush(self) -> None:
         try:
-            self.producer.flush(timeout=self.cfg.flush_timeout_s)
-        except KafkaError as exc:  # flush timed out
-            self._fail(f"producing the batch's outputs failed: {exc!r}", exc)
-        sent, self.sent = self.sent, []
-        failed = [f for f in sent if not f.succeeded()]
-        if failed:
-            first = failed[0].exception if failed[0].is_done else "not acknowledged in time"
-            self._fail(f"{len(failed)} of {len(sent)} outputs failed: {first}")
+            self.producer.flush(self.cfg.flush_timeout_s)
+        except OutputsNotAcknowledged:
+            self._replace()
+            raise
 
-    def _fail(self, message: str, cause: Exception | None = None):
-        self.sent = []
-        self.producer.close(timeout=0)
+    def _replace(self) -> None:
+        self.producer.close(timeout_s=0)
         self.producer = outputs_producer(self.cfg)
-        raise OutputsNotAcknowledged(message) from cause
 
     def close(self) -> None:
         self.producer.close()

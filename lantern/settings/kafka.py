@@ -6,6 +6,11 @@ from dataclasses import dataclass
 
 INPUT_TOPIC, SCORES_TOPIC = "survey.sessions.completed", "lantern.scores"
 DLQ_TOPIC = INPUT_TOPIC + ".dlq"
+PRODUCERS = ("librdkafka", "kafka-python")
+_LIBRDKAFKA_NAMES = {"security_protocol": "security.protocol", "sasl_mechanism": "sasl.mechanism",
+                     "sasl_plain_username": "sasl.username", "sasl_plain_password": "sasl.password",
+                     "ssl_cafile": "ssl.ca.location", "ssl_certfile": "ssl.certificate.location",
+                     "ssl_keyfile": "ssl.key.location"}
 
 
 @dataclass(frozen=True)
@@ -26,7 +31,10 @@ class KafkaConfig:
     # a record batch the consumer cannot read at all (bad CRC, a codec it cannot decompress): "skip"
     # logs, counts and commits past its offsets one by one; "stop" raises (the partition waits for a fix)
     unreadable_batches: str = "skip"
-    # kafka-python security options, passed through; never logged
+    # the client that sends scores and dead letters: "librdkafka" (confluent-kafka, its per-record
+    # send in C: 2.9x kafka-python's rate here, docs/performance.md) or "kafka-python"
+    producer: str = "librdkafka"
+    # security options (kafka-python's names; librdkafka_options() maps them), never logged
     security_protocol: str = "PLAINTEXT"
     sasl_mechanism: str | None = None
     sasl_plain_username: str | None = None
@@ -36,10 +44,12 @@ class KafkaConfig:
     ssl_keyfile: str | None = None
 
     def __post_init__(self):
-        if self.unreadable_batches not in ("skip", "stop"):
-            from lantern.errors import ConfigError
+        from lantern.errors import ConfigError
 
+        if self.unreadable_batches not in ("skip", "stop"):
             raise ConfigError(f"kafka.unreadable_batches must be 'skip' or 'stop', got {self.unreadable_batches!r}")
+        if self.producer not in PRODUCERS:
+            raise ConfigError(f"kafka.producer must be one of {', '.join(PRODUCERS)}, got {self.producer!r}")
 
     def group_options(self) -> dict:
         """A consumer group member's timeouts (kafka-python's names)."""
@@ -50,6 +60,11 @@ class KafkaConfig:
                 "ssl_cafile", "ssl_certfile", "ssl_keyfile")
         return {"bootstrap_servers": self.bootstrap,
                 **{k: getattr(self, k) for k in keys if getattr(self, k) is not None}}
+
+    def librdkafka_options(self) -> dict:
+        """The same connection and security options under librdkafka's names."""
+        return {"bootstrap.servers": self.bootstrap,
+                **{name: getattr(self, key) for key, name in _LIBRDKAFKA_NAMES.items() if getattr(self, key) is not None}}
 
     def __repr__(self) -> str:  # secrets stay out of logs and reports
         return f"KafkaConfig(bootstrap={self.bootstrap!r}, group_id={self.group_id!r}, " \

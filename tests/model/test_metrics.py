@@ -6,7 +6,8 @@ import pytest
 
 from lantern.dataset.questionnaire import Option, Question, Questionnaire
 from model.metrics import Layout, auc, average_precision, decide, log_loss, ordinal_mae, prf, tune_multi_threshold
-from model.quality import paired_difference, quality_report, resamples, row_stats
+from model.quality import (macro_auc_replicates, paired_difference, paired_macro_auc, quality_report, resamples,
+                           row_stats)
 
 Q = Questionnaire(questions=(
     Question(id="s", kind="single", ordinal=True, options=tuple(Option(id=str(i)) for i in range(3))),
@@ -78,3 +79,25 @@ def test_paired_bootstrap_separates_a_better_model_and_not_a_copy():
     assert diff["f1"]["excludes_0"] and diff["f1"]["lo"] > 0
     same = paired_difference(stats_good, stats_good, w)
     assert same["log_loss"] == {"diff": 0.0, "lo": 0.0, "hi": 0.0, "excludes_0": False}
+
+
+def test_bootstrap_macro_auc_equals_the_auc_of_each_resampled_set():
+    """Every replicate's macro AUC in one pass equals ``auc`` on that replicate's sessions repeated
+    (ties, a key never hidden, a key with one class, a replicate without a class)."""
+    rng = np.random.default_rng(2)
+    n, k = 120, 12
+    probs = np.round(rng.random((n, k)), 1)  # many ties
+    y = (rng.random((n, k)) < 0.3).astype(np.uint8)
+    mask = rng.random((n, k)) < 0.6
+    mask[:, 0] = False  # never hidden
+    y[:, 1] = 1  # one class only
+    mask[:, 2] = False
+    mask[:3, 2] = True  # three sessions: some replicates miss a class
+    w = resamples(n, 40, seed=3)
+    fast = macro_auc_replicates(probs, y, mask, w)
+    for r, weights in enumerate(w):
+        idx = np.repeat(np.arange(n), weights.astype(np.int64))
+        per = [auc(probs[idx, j], y[idx, j], mask[idx, j]) for j in range(k)]
+        assert fast[r] == pytest.approx(np.nanmean(per), abs=1e-12)
+    point = paired_macro_auc(probs, probs, y, mask, w)
+    assert point == {"diff": 0.0, "lo": 0.0, "hi": 0.0, "excludes_0": False}
