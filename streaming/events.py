@@ -261,19 +261,31 @@ def decode_probabilities(text: str) -> np.ndarray:
 def score_bytes(event: SessionEvent, probs: np.ndarray, q: Questionnaire, model_version: str, threshold: float,
                 sources_used: list[str], gate_mean: float | None, scored_at: datetime, degraded: bool = False,
                 predicted: np.ndarray | None = None, abstain_below: float = 0.0) -> bytes:
-    """``predicted``: (K,) bool decisions (``model.metrics.decide``); by default every key at ≥ threshold."""
+    """One session's score record; ``predicted``: (K,) bool decisions (``model.metrics.decide``), by
+    default every key at ≥ threshold."""
     assert probs.shape == (q.n_keys,), probs.shape
+    return score_records([event], probs[None], q, model_version, threshold, [sources_used], [gate_mean], scored_at,
+                         degraded, None if predicted is None else predicted[None], abstain_below)[0]
+
+
+def score_records(events: list[SessionEvent], probs: np.ndarray, q: Questionnaire, model_version: str,
+                  threshold: float, sources_used: list[list[str]], gate_means: list[float | None],
+                  scored_at: datetime, degraded: bool = False, predicted: np.ndarray | None = None,
+                  abstain_below: float = 0.0) -> list[bytes]:
+    """:func:`score_bytes` of a batch: ``probs`` and ``predicted`` (B, K). What every record shares
+    is formatted once; the probabilities go to the encoder as bytes (it writes them as base64)."""
+    assert probs.shape == (len(events), q.n_keys), probs.shape
     predicted = probs >= threshold if predicted is None else predicted
-    return _encode_json({
+    f32, keys = np.ascontiguousarray(probs, "<f4"), np.asarray(q.response_keys, dtype=object)
+    scored = scored_at.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    return [_encode_json({
         "schema_version": SCHEMA_VERSION, "session_id": event.session_id, "user_id": event.user_id,
         "model_version": model_version, "questionnaire_hash": q.content_hash,
-        "completed_at": event.completed_at.isoformat().replace("+00:00", "Z"),
-        "scored_at": scored_at.astimezone(timezone.utc).isoformat().replace("+00:00", "Z"),
-        "probabilities_f32": encode_probabilities(probs),
-        "predicted_keys": [q.response_keys[i] for i in np.flatnonzero(predicted)],
-        "threshold": threshold, "abstain_below": abstain_below, "external_sources_used": sources_used,
-        "gate_mean": gate_mean, "degraded": degraded,
-    })
+        "completed_at": event.completed_at.isoformat().replace("+00:00", "Z"), "scored_at": scored,
+        "probabilities_f32": f32[i].tobytes(), "predicted_keys": keys[predicted[i]].tolist(),
+        "threshold": threshold, "abstain_below": abstain_below, "external_sources_used": sources_used[i],
+        "gate_mean": gate_means[i], "degraded": degraded,
+    }) for i, event in enumerate(events)]
 
 
 # ---- dead letters ------------------------------------------------------------------------------

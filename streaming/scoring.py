@@ -26,7 +26,7 @@ from model.data import EncodedData, encode_sessions
 from model.encoding import FeatureSpec, SourceArrays, absent_source
 from model.inference import Prediction, Stored
 from model.metrics import Layout, decide
-from streaming.events import EventError, SessionEvent, events_to_sessions, parse_event, score_bytes
+from streaming.events import EventError, SessionEvent, events_to_sessions, parse_event, score_records
 
 
 @dataclass(frozen=True)
@@ -175,18 +175,19 @@ class BatchCodec:
     def finish(self, enc: Encoded, pred: Prediction | None) -> ScoredBatch:
         """The scores topic's records for an encoded batch and its prediction."""
         out = ScoredBatch(dead=enc.dead, degraded=enc.degraded, completed_at=[e.completed_at for e in enc.events])
-        now = self.clock()
-        predicted = decide(pred.probs, self.layout, self.threshold, self.abstain_below) if enc.events else None
-        for i, event in enumerate(enc.events):
-            used = [s.name for s, arr in zip(self.spec.sources, enc.data.sources) if arr.present[i]]
-            out.scores.append((event.user_id.encode(), score_bytes(
-                event, pred.probs[i], self.q, pred.model_version, self.threshold, used,
-                None if np.isnan(pred.gate[i]) else float(pred.gate[i]), now, degraded=enc.degraded,
-                predicted=predicted[i], abstain_below=self.abstain_below)))
-        if self.metrics is not None and enc.events:
+        if not enc.events:
+            return out
+        predicted = decide(pred.probs, self.layout, self.threshold, self.abstain_below)
+        names, present = [s.name for s in self.spec.sources], [arr.present.tolist() for arr in enc.data.sources]
+        used = [[name for name, flags in zip(names, present) if flags[i]] for i in range(len(enc.events))]
+        gates = [None if np.isnan(g) else float(g) for g in pred.gate]
+        values = score_records(enc.events, pred.probs, self.q, pred.model_version, self.threshold, used, gates,
+                               self.clock(), degraded=enc.degraded, predicted=predicted,
+                               abstain_below=self.abstain_below)
+        out.scores = [(event.user_id.encode(), value) for event, value in zip(enc.events, values)]
+        if self.metrics is not None:
             self.metrics.finished(pred.gate, len(enc.events) if enc.degraded else 0, pred.model_version)
         return out
-
 
 
 class BatchScorer(BatchCodec):
