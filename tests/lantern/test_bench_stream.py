@@ -1,6 +1,6 @@
 """`lantern bench stream`: its measures on known inputs, and one small run end to end in a child
-process (embedded broker, Feast, Ray Serve with 1 and 2 scorer actors) whose JSON must account
-for every event."""
+process (embedded broker, Feast, Ray Serve with 2 scorer actors) whose JSON must account for every
+event. The 1-actor run end to end is the GPU check's dry run (tests/lantern/test_gpu_check.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 import numpy as np
 import pytest
 
-from devtools.bench_stream import _session_id, latency_figures, sustained_eps
+from devtools.bench_stream import StreamBench, _section, _session_id, latency_figures, sustained_eps
 from devtools.stream_stages import STAGES, StageTimes
 
 pytestmark = pytest.mark.slow
@@ -46,19 +46,30 @@ def test_stage_shares_are_seconds_per_event_over_the_pipelines():
     assert times.bound_eps(cores=2) == pytest.approx(2 * 1000 / 0.6)  # both cores on these stages alone
 
 
-def test_bench_stream_end_to_end_with_one_and_two_actors(tmp_path):
+def test_each_actor_count_is_scaled_against_the_first_and_held_to_the_stage_bound():
+    stages = StageTimes(1000, {stage: 0.01 for stage in STAGES})
+    runs = {1: {"throughput_eps": 1000.0, "scored": 1000, "latency_ms": {"load50": {"p99": 9.0}}},
+            2: {"throughput_eps": 1500.0, "scored": 1000}}
+    section = _section(StreamBench(actors=(1, 2)), stages, runs)
+    bound = stages.bound_eps(os.cpu_count() or 1)
+    assert section["scaling"] == {"2_vs_1": 1.5} and section["throughput_eps"] == 1000.0
+    assert section["runs"]["2"] == {"throughput_eps": 1500.0, "scored": 1000, "ratio_to_stage_bound": 1500 / bound}
+    assert section["latency_ms"] == {"load50": {"p99": 9.0}} and "latency_ms" not in section["runs"]["1"]
+
+
+def test_bench_stream_end_to_end_with_two_actors(tmp_path):
     out = tmp_path / "bench_stream.json"
     env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP"}  # its own embedded broker
     env.update(LANTERN_PATHS__REPORTS=str(tmp_path / "reports"), COLUMNS="200")
     run = subprocess.run([sys.executable, "-m", "app.cli", "bench", "stream", "--events", "1000",
-                          "--actors", "1,2", "--latency-seconds", "2", "--paths", "stored_external",
+                          "--actors", "2", "--latency-seconds", "2", "--paths", "stored_external",
                           "--json", str(out)],
                          env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     result = json.loads(out.read_text())
     assert set(result["ceilings_eps"]) == set(STAGES) and all(v > 0 for v in result["ceilings_eps"].values())
-    assert {n: r["scored"] for n, r in result["runs"].items()} == {"1": 1000, "2": 1000}  # every event, once
-    assert result["throughput_eps"] > 0 and set(result["scaling"]) == {"2_vs_1"}
+    assert {n: r["scored"] for n, r in result["runs"].items()} == {"2": 1000}  # every event, once
+    assert result["throughput_eps"] > 0 and result["scaling"] == {}
     assert result["ratio_to_consume_ceiling"] == pytest.approx(result["throughput_eps"]
                                                                / result["ceilings_eps"]["consume"])
     for load in ("load50", "load90"):
@@ -74,3 +85,7 @@ def test_bench_stream_end_to_end_with_one_and_two_actors(tmp_path):
     assert set(both) == {"eager", "stored_external"}
     assert both["stored_external"]["ceilings_eps"] == result["ceilings_eps"]
     assert all(set(b["ceilings_eps"]) == set(STAGES) for b in both.values())
+    for b in both.values():  # the produce stage through the configured client, beside the other one
+        clients = b["alternatives_eps"]["produce"]
+        assert set(clients) == {"librdkafka", "kafka-python"} and all(v > 0 for v in clients.values())
+        assert clients[result["producer"]] == b["ceilings_eps"]["produce"]
