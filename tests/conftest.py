@@ -10,7 +10,12 @@ import torch
 from lantern.dataset.io import save_dataset
 from lantern.dataset.simulate import SimConfig, simulate
 
-torch.set_num_threads(2)
+# the suite runs in two pytest-xdist workers on two cores: one torch thread each (two would
+# oversubscribe the cores); run alone (-n 0), two
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
+
+#: test folders whose tests start Ray (a local cluster, Serve, Ray Train), in-process or in a child
+RAY_FOLDERS = ("ray_jobs", "lantern")
 
 # Serve's autoscaler counts ongoing requests reported by the replicas, not by the caller's handle:
 # the handle's reports from a pytest process (output captured) often never reached the controller,
@@ -28,3 +33,13 @@ def small_dir(small_ds, tmp_path_factory):
     root = tmp_path_factory.mktemp("sim")
     save_dataset(small_ds, root)
     return root
+
+
+def pytest_collection_modifyitems(items):
+    """Every test that starts Ray runs in the same xdist worker, one after another (one Ray
+    cluster on the machine at a time, as in a serial run); the rest are shared out between
+    the workers. Most of the Ray tests wait on servers, so the other worker's tests fill the
+    cores meanwhile."""
+    for item in items:
+        if item.path.parent.name in RAY_FOLDERS:
+            item.add_marker(pytest.mark.xdist_group("ray"))
