@@ -250,10 +250,6 @@ def events_to_sessions(events: list[SessionEvent]) -> pa.Table:
 
 
 # ---- scores --------------------------------------------------------------------------------------
-def encode_probabilities(probs: np.ndarray) -> str:
-    return base64.b64encode(np.asarray(probs, "<f4").tobytes()).decode()
-
-
 def decode_probabilities(text: str) -> np.ndarray:
     return np.frombuffer(base64.b64decode(text), "<f4")
 
