@@ -4,14 +4,12 @@ acknowledged raises within its timeout and leaves the sink a fresh producer."""
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from dataclasses import replace
 
 import pytest
 
-from devtools.broker import launch_broker
 from devtools.servers import free_port
 from lantern.errors import ConfigError
 from lantern.settings.kafka import PRODUCERS, KafkaConfig
@@ -19,18 +17,12 @@ from streaming.kafka_io import KafkaSink, ensure_topics
 from streaming.key_partitions import key_partitions
 from streaming.scoring import ScoredBatch
 from streaming.sinks import OutputsNotAcknowledged
-from tests.streaming.test_kafka_scorer import read_all
+from tests.streaming.test_kafka_scorer import broker, read_all  # noqa: F401  (module fixture)
 
 KEYS = [f"user-{i}".encode() for i in range(300)] + [b"", "é-ü".encode()]
 
 
-@pytest.fixture(scope="module")
-def broker():
-    with launch_broker(os.environ.get("KAFKA_BOOTSTRAP")) as b:
-        yield b
-
-
-def written(broker, producer: str) -> dict:
+def written(broker, producer: str) -> dict:  # noqa: F811
     """What one KafkaSink batch through ``producer`` put on a fresh 4-partition scores topic:
     key → (partition, value, headers)."""
     tag = uuid.uuid4().hex[:8]
@@ -46,7 +38,7 @@ def written(broker, producer: str) -> dict:
     return {r.key: (r.partition, r.value) for r in read_all(broker.bootstrap, cfg.scores_topic, len(KEYS))}
 
 
-def test_both_clients_place_every_key_where_kafkas_default_partitioner_does(broker):
+def test_both_clients_place_every_key_where_kafkas_default_partitioner_does(broker):  # noqa: F811
     by_client = {producer: written(broker, producer) for producer in PRODUCERS}
     expected = dict(zip(KEYS, key_partitions(KEYS, 4)))
     for producer, records in by_client.items():
