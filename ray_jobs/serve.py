@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,6 +64,9 @@ class LanternScorer:
                  features: dict | None = None, threshold: float | None = None, threads: int = 1,
                  abstain_below: float = 0.0):
         torch.set_num_threads(threads)  # the replica's CPU share (ray_actor_options num_cpus)
+        # encoding and forward passes run here, one at a time and off the event loop (requests keep
+        # arriving while the model computes), never beside each other (GIL contention)
+        self.model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
         self.registry = Registry(registry)
         self.device = resolve_device(device)
         self.half = half and self.device.type == "cuda"  # never on CPU
@@ -93,16 +97,20 @@ class LanternScorer:
         if wanted != self.served.version:
             self.served = self._load(wanted)
 
+    def _forward_now(self, served: Served, q_idx, sel, sources, stored) -> tuple[np.ndarray, np.ndarray]:
+        t0 = time.perf_counter()
+        probs, gate = forward(served.model, q_idx, sel, sources, self.device, self.half, stored)
+        self.metrics.forwarded(time.perf_counter() - t0)
+        return probs, gate
+
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.002)
     async def _forward(self, items: list[tuple[Served, Encoded]]) -> list[Prediction]:
+        """HTTP requests (one event each), merged into one forward pass per model version."""
         out: list[Prediction | None] = [None] * len(items)
         for served in {id(s): s for s, _ in items}.values():  # one pass per version (two only mid-swap)
             mine = [i for i, (s, _) in enumerate(items) if s is served]
             parts = [items[i][1] for i in mine]
-            q_idx, sel, sources, stored = _concat(parts)
-            t0 = time.perf_counter()
-            probs, gate = forward(served.model, q_idx, sel, sources, self.device, self.half, stored)
-            self.metrics.forwarded(time.perf_counter() - t0)
+            probs, gate = await self._in_model_thread(self._forward_now, served, *_concat(parts))
             start = 0
             for i, part in zip(mine, parts):
                 n = len(part.events)
@@ -110,10 +118,30 @@ class LanternScorer:
                 start += n
         return out
 
+    def _in_model_thread(self, fn, *args):
+        return asyncio.get_running_loop().run_in_executor(self.model_thread, fn, *args)
+
+    def _score_whole(self, served: Served, records: list[Record]) -> ScoredBatch:
+        """A micro-batch from encoding to score records, in the model thread."""
+        enc = served.scorer.encode(records)
+        pred = None
+        if enc.data is not None:
+            pred = Prediction(*self._forward_now(served, *_concat([enc])), served.version)
+        return served.scorer.finish(enc, pred)
+
     async def score(self, records: list[Record]) -> ScoredBatch:
-        """Handle entry point: one whole micro-batch of records (the Kafka scorer's poll)."""
+        """Handle entry point: one whole micro-batch of records (the Kafka scorer's poll), encoded,
+        scored and formatted in the model thread, batch after batch. Encoding in a thread beside
+        the forward pass made them fight for the GIL: a parsing thread slowed a 60 ms forward pass
+        5x to 117x (docs/performance.md)."""
         served = self.served  # this request's version, whatever reconfigure does meanwhile
-        enc = await asyncio.to_thread(served.scorer.encode, records)
+        return await self._in_model_thread(self._score_whole, served, records)
+
+    async def _score_one(self, record: Record) -> ScoredBatch:
+        """An HTTP request's event: encoded in the model thread, its forward pass merged with
+        other requests' (``_forward``)."""
+        served = self.served
+        enc = await self._in_model_thread(served.scorer.encode, [record])
         pred = await self._forward((served, enc)) if enc.data is not None else None
         return served.scorer.finish(enc, pred)
 
@@ -126,7 +154,7 @@ class LanternScorer:
             body = None if refused else await _read_capped(request, MAX_EVENT_BYTES)
             if refused or body is None:
                 return refused or _error(413, "too_large", f"a session event is at most {MAX_EVENT_BYTES} bytes")
-            result = await self.score([Record("http", 0, 0, None, body)])
+            result = await self._score_one(Record("http", 0, 0, None, body))
             if result.dead:
                 error = result.dead[0][1]
                 return JSONResponse({"error": error.kind, "reason": error.message, "field": error.field},

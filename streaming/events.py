@@ -59,12 +59,12 @@ def _wrong(field: str, expected: str, value) -> EventError:
     return EventError("wrong_types", f"{field} must be {expected}, got {type(value).__name__}", field)
 
 
-class _Answer(msgspec.Struct):
+class _Answer(msgspec.Struct, gc=False):  # strings only: no reference cycles, so not tracked by the collector
     question_id: str
-    option_ids: list[str] | None = None  # None or absent: presented, skipped
+    option_ids: tuple[str, ...] | None = None  # None or absent: presented, skipped
 
 
-class _Event(msgspec.Struct):  # the input event's shape, for the typed decoder (unknown fields ignored)
+class _Event(msgspec.Struct, gc=False):  # the input event's shape, for the typed decoder (unknown fields ignored)
     schema_version: int
     event_id: str
     session_id: str
@@ -124,7 +124,7 @@ def _valid_answers(answers: list[_Answer], q: Questionnaire) -> tuple | None:
             continue
         if not rule[0].issuperset(options) or (len(options) > 1 and (rule[1] or len(set(options)) != len(options))):
             return None
-        given[qid] = options = tuple(options)
+        given[qid] = options
         out.append((qid, options))
         answered = answered or bool(options)
     for qid in given:

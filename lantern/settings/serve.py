@@ -13,8 +13,9 @@ class ServeConfig:
     app_name: str = "lantern"
     registry: Path = Path("registry")
     model_version: str | None = None  # None: the registry's champion
-    # batching: each request is one micro-batch of sessions; a replica joins up to max_batch_size of
-    # them into one forward pass. Retuned live through user_config → reconfigure.
+    # batching of HTTP requests (one event each): a replica joins up to max_batch_size of them into
+    # one forward pass. A Kafka micro-batch is one forward pass of its own, never merged (one model
+    # thread per replica, docs/serving.md). Retuned live through user_config → reconfigure.
     max_batch_size: int = 8
     batch_wait_timeout_s: float = 0.002
     max_ongoing_requests: int = 32  # must let batches fill: ≥ max_batch_size
