@@ -50,18 +50,22 @@ def test_replica_metrics_on_rays_endpoint_count_exactly_what_was_sent(ray_cluste
         first = handle.score.remote(records[:25]).result()
         second = handle.score.remote(records[25:]).result()
         assert len(first.scores) + len(second.scores) == N_VALID and len(second.dead) == len(BAD)
+        scores = [json.loads(v) for _, v in first.scores + second.scores]
+        with_external = sum(bool(o["external_sources_used"]) for o in scores)
+        # Ray exports each replica's metrics every second (the fixture's setting), so one report
+        # may hold a batch's lookups and not yet the gates recorded after its forward pass: wait
+        # for the first and the last metric a batch records
+        expected = {"ray_lantern_sessions_looked_up_total": N_VALID, "ray_lantern_session_gate_count": with_external}
         deadline, got = time.monotonic() + 30, {}
-        while time.monotonic() < deadline:  # Ray reports every second (the fixture's setting)
+        while time.monotonic() < deadline:
             got = _app_samples(ray_cluster, app)
-            if sum(s.value for s in got.get("ray_lantern_sessions_looked_up_total", ())) >= N_VALID:
+            if all(sum(s.value for s in got.get(name, ())) >= n for name, n in expected.items()):
                 break
             time.sleep(0.5)
     finally:
         serve.shutdown()  # Serve started without HTTP here: later tests start it with HTTP
     total = {name: sum(s.value for s in samples) for name, samples in got.items()}
-    scores = [json.loads(v) for _, v in first.scores + second.scores]
     assert total["ray_lantern_sessions_looked_up_total"] == N_VALID
-    with_external = sum(bool(o["external_sources_used"]) for o in scores)
     assert total["ray_lantern_session_gate_count"] == with_external > 0  # one gate per session with context
     by_source = {s.labels["source"]: s.value for s in got["ray_lantern_sessions_external_total"]}
     for source, n in by_source.items():
