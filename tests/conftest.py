@@ -1,4 +1,5 @@
-"""Shared fixtures: a small simulated dataset (session-scoped) and its on-disk copy."""
+"""Shared fixtures: a small simulated dataset (session-scoped) and its on-disk copy, and a Kafka
+broker per test module that asks for one."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import pytest
 import torch
 
+from devtools.broker import launch_broker
 from lantern.dataset.io import save_dataset
 from lantern.dataset.simulate import SimConfig, simulate
 
@@ -33,6 +35,13 @@ def small_dir(small_ds, tmp_path_factory):
     root = tmp_path_factory.mktemp("sim")
     save_dataset(small_ds, root)
     return root
+
+
+@pytest.fixture(scope="module")
+def broker():
+    """``KAFKA_BOOTSTRAP`` when set, else an embedded broker, one per test module."""
+    with launch_broker(os.environ.get("KAFKA_BOOTSTRAP")) as b:
+        yield b
 
 
 def pytest_collection_modifyitems(items):

@@ -7,20 +7,11 @@ import os
 import threading
 import uuid
 
-import pytest
-
-from devtools.broker import launch_broker
 from ray_jobs.actors import run_actors, total
 from ray_jobs.scorers import local_scorer_factory
 from streaming.events import sessions_to_events
 from streaming.kafka_io import KafkaConfig, ensure_topics, replay
 from tests.streaming.test_kafka_scorer import read_all
-
-
-@pytest.fixture(scope="module")
-def broker():
-    with launch_broker(os.environ.get("KAFKA_BOOTSTRAP")) as b:
-        yield b
 
 
 def test_two_actor_consumers_share_the_partitions_and_score_every_session(ray_cluster, broker, model_dirs,

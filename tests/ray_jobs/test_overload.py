@@ -5,14 +5,12 @@ micro-batches (one being scored, one being produced), and every session is score
 from __future__ import annotations
 
 import json
-import os
 import threading
 import uuid
 
 import pytest
 from ray import serve
 
-from devtools.broker import launch_broker
 from lantern.settings.serve import ServeConfig
 from model.registry import Registry
 from ray_jobs.serve import ServeScorer, build_app, feature_store_options
@@ -22,12 +20,6 @@ from streaming.scoring import Record
 from tests.streaming.test_kafka_scorer import read_all
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def broker():
-    with launch_broker(os.environ.get("KAFKA_BOOTSTRAP")) as b:
-        yield b
 
 
 def test_a_burst_gets_backpressure_retries_and_loses_nothing(ray_cluster, broker, model_dirs, sqlite_store,

@@ -3,23 +3,13 @@ data-contract validator and equals the replayed sessions."""
 
 from __future__ import annotations
 
-import os
-
 import pyarrow.compute as pc
-import pytest
 
-from devtools.broker import launch_broker
 from lantern.dataset.validate import validate_sessions
 from streaming.archive import read_archive, run_archive, write_partitioned
 from streaming.events import parse_event, sessions_to_events
 from streaming.kafka_io import replay
 from tests.streaming.test_kafka_scorer import topics
-
-
-@pytest.fixture(scope="module")
-def broker():
-    with launch_broker(os.environ.get("KAFKA_BOOTSTRAP")) as b:
-        yield b
 
 
 def _sorted(table):

@@ -5,7 +5,6 @@ the same guarantees when the loop pipelines two batches through a remote-style s
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -17,7 +16,6 @@ import numpy as np
 import pytest
 from kafka import KafkaConsumer
 
-from devtools.broker import launch_broker
 from model.checkpoint import save_model
 from model.inference import InProcessPredictor
 from model.train import TrainConfig, fit, prepare
@@ -26,12 +24,6 @@ from streaming.kafka_io import KafkaConfig, KafkaScorer, KafkaSink, OutputsNotAc
 from streaming.scoring import BatchScorer
 from streaming.testing import FakeFeatures, ThreadScorer
 from tests.streaming.test_scoring import _offline
-
-
-@pytest.fixture(scope="module")
-def broker():
-    with launch_broker(os.environ.get("KAFKA_BOOTSTRAP")) as b:
-        yield b
 
 
 @pytest.fixture(scope="module")

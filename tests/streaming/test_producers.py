@@ -17,12 +17,12 @@ from streaming.kafka_io import KafkaSink, ensure_topics
 from streaming.key_partitions import key_partitions
 from streaming.scoring import ScoredBatch
 from streaming.sinks import OutputsNotAcknowledged
-from tests.streaming.test_kafka_scorer import broker, read_all  # noqa: F401  (module fixture)
+from tests.streaming.test_kafka_scorer import read_all
 
 KEYS = [f"user-{i}".encode() for i in range(300)] + [b"", "é-ü".encode()]
 
 
-def written(broker, producer: str) -> dict:  # noqa: F811
+def written(broker, producer: str) -> dict:
     """What one KafkaSink batch through ``producer`` put on a fresh 4-partition scores topic:
     key → (partition, value, headers)."""
     tag = uuid.uuid4().hex[:8]
@@ -38,7 +38,7 @@ def written(broker, producer: str) -> dict:  # noqa: F811
     return {r.key: (r.partition, r.value) for r in read_all(broker.bootstrap, cfg.scores_topic, len(KEYS))}
 
 
-def test_both_clients_place_every_key_where_kafkas_default_partitioner_does(broker):  # noqa: F811
+def test_both_clients_place_every_key_where_kafkas_default_partitioner_does(broker):
     by_client = {producer: written(broker, producer) for producer in PRODUCERS}
     expected = dict(zip(KEYS, key_partitions(KEYS, 4)))
     for producer, records in by_client.items():

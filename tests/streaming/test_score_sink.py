@@ -3,7 +3,6 @@ offsets committed only after the push (a rerun of the group reads nothing new)."
 
 from __future__ import annotations
 
-import os
 import uuid
 from datetime import datetime, timedelta, timezone
 
@@ -11,7 +10,6 @@ import numpy as np
 import pytest
 from kafka import KafkaProducer
 
-from devtools.broker import launch_broker
 from features.store import latest_scores
 from streaming.events import SessionEvent, score_bytes
 from streaming.kafka_io import KafkaConfig, Stopper
@@ -21,12 +19,6 @@ from tests.features.conftest import recent_ds, sqlite_store  # noqa: F401  (shar
 from tests.ray_jobs.conftest import model_dirs  # noqa: F401
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def broker():
-    with launch_broker(os.environ.get("KAFKA_BOOTSTRAP")) as b:
-        yield b
 
 
 def scores(q, rows: list[tuple], t0: datetime) -> list[tuple[bytes, bytes]]:
