@@ -15,7 +15,7 @@ from kafka.structs import TopicPartition as KpTopicPartition
 
 from streaming.events import sessions_to_events
 from streaming.kafka_io import KafkaConfig, KafkaScorer, ensure_topics
-from tests.streaming.test_kafka_scorer import broker, scorer  # noqa: F401 - shared fixtures
+from tests.streaming.test_kafka_scorer import scorer  # noqa: F401 - a shared fixture
 
 TRACE = ("traceparent", b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
 
