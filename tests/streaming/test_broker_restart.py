@@ -20,7 +20,7 @@ from devtools.broker import embedded_broker
 from devtools.servers import free_port
 from streaming.events import sessions_to_events
 from streaming.kafka_io import KafkaConfig, KafkaScorer, ensure_topics, replay
-from tests.streaming.test_kafka_scorer import read_all, scorer  # noqa: F401  (module fixture)
+from tests.streaming.test_kafka_scorer import read_all
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +29,7 @@ def scored_ids(bootstrap: str, topic: str, want: int) -> set[str]:
     return {json.loads(r.value)["session_id"] for r in read_all(bootstrap, topic, want, timeout_s=60)}
 
 
-def test_the_scorer_rides_out_a_broker_restart(small_ds, scorer):  # noqa: F811
+def test_the_scorer_rides_out_a_broker_restart(small_ds, scorer):
     port = free_port()
     tag = uuid.uuid4().hex[:8]
     cfg = KafkaConfig(bootstrap=f"127.0.0.1:{port}", input_topic=f"in-{tag}", scores_topic=f"scores-{tag}",

@@ -17,22 +17,11 @@ import pytest
 from kafka import KafkaConsumer
 
 from model.checkpoint import save_model
-from model.inference import InProcessPredictor
-from model.train import TrainConfig, fit, prepare
 from streaming.events import decode_probabilities, sessions_to_events
 from streaming.kafka_io import KafkaConfig, KafkaScorer, KafkaSink, OutputsNotAcknowledged, replay
 from streaming.scoring import BatchScorer
-from streaming.testing import FakeFeatures, ThreadScorer
+from streaming.testing import ThreadScorer
 from tests.streaming.test_scoring import _offline
-
-
-@pytest.fixture(scope="module")
-def scorer(small_ds):
-    tc = TrainConfig(variant="lantern", epochs=1, batch_size=128, seed=4)
-    prep = prepare(small_ds, tc)
-    model, _ = fit(prep, tc, progress=False)
-    return BatchScorer(small_ds.questionnaire, prep.features, InProcessPredictor(model, "v-kafka"),
-                       FakeFeatures(small_ds.external))
 
 
 def topics(broker) -> KafkaConfig:

@@ -15,7 +15,6 @@ from kafka.structs import TopicPartition as KpTopicPartition
 
 from streaming.events import sessions_to_events
 from streaming.kafka_io import KafkaConfig, KafkaScorer, ensure_topics
-from tests.streaming.test_kafka_scorer import scorer  # noqa: F401 - a shared fixture
 
 TRACE = ("traceparent", b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
 
@@ -92,7 +91,7 @@ def committed(bootstrap: str, cfg: KafkaConfig, partitions: int) -> dict[int, in
 
 @pytest.mark.slow
 @pytest.mark.parametrize("codec", ["gzip", "snappy", "lz4", "zstd"])
-def test_librdkafka_in_every_codec_scored_dead_lettered_and_committed(small_ds, broker, scorer, codec):  # noqa: F811
+def test_librdkafka_in_every_codec_scored_dead_lettered_and_committed(small_ds, broker, scorer, codec):
     tag = uuid.uuid4().hex[:8]
     cfg = KafkaConfig(bootstrap=broker.bootstrap, input_topic=f"in-{tag}", scores_topic=f"scores-{tag}",
                       dlq_topic=f"dlq-{tag}", group_id=f"scorer-{tag}", partitions=4, max_poll_records=64)
@@ -117,7 +116,7 @@ def test_librdkafka_in_every_codec_scored_dead_lettered_and_committed(small_ds, 
 
 
 @pytest.mark.slow
-def test_an_unreadable_batch_at_the_head_is_moved_past_after_a_restart(small_ds, broker, scorer, monkeypatch):  # noqa: F811
+def test_an_unreadable_batch_at_the_head_is_moved_past_after_a_restart(small_ds, broker, scorer, monkeypatch):
     """gzip, then an lz4 batch this process cannot decompress, then gzip, on one partition: a scorer
     set to stop halts at it (the old behaviour: stuck on every restart); restarted with the default
     policy it skips exactly that batch's offsets, commits past them and scores the rest."""
