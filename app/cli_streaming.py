@@ -80,10 +80,11 @@ def score(
     use_features: Annotated[bool, typer.Option("--features/--no-features",
                                                help="Look external context up in the feature store.")] = True,
     threshold: Annotated[Optional[float], typer.Option(
-        min=0, max=1, help="Multi-select decision threshold (default: the one tuned when the model was trained).")] = None,
-    abstain_below: Annotated[float, typer.Option(
+        min=0, max=1, help="Multi-select decision threshold (default: scoring.threshold, else the one tuned "
+                           "when the model was trained).")] = None,
+    abstain_below: Annotated[Optional[float], typer.Option(
         min=0, max=1, help="Predict no option for a single-select question whose most likely option is below "
-                           "this probability (default 0: never abstain).")] = 0.0,
+                           "this probability (default: scoring.abstain_below, 0: never abstain).")] = None,
     use_serve: Annotated[bool, typer.Option("--serve", help="Send micro-batches to the Ray Serve app "
                                                             "(deployed from the registry if not running).")] = False,
     ray_actors: Annotated[int, typer.Option("--ray-actors", min=0, help="Run N consumers as Ray actors.")] = 0,
@@ -95,7 +96,8 @@ def score(
     from ray_jobs.scorers import local_scorer_factory, serve_scorer_factory
     from streaming.kafka_io import KafkaScorer
 
-    s = settings_for(ctx, kafka=kafka_overrides(bootstrap), metrics=dict(port=metrics_port))
+    s = settings_for(ctx, kafka=kafka_overrides(bootstrap), metrics=dict(port=metrics_port),
+                     scoring=dict(threshold=threshold, abstain_below=abstain_below))
     if model is None and not use_serve:  # the Serve app loads the registry's champion itself
         model = champion_dir(s)
     if use_serve or ray_actors:
@@ -109,10 +111,10 @@ def score(
 
         if s.serve.app_name not in serve.status().applications:
             deploy(s.serve, features=feature_store_options(s.features) if use_features else None,
-                   threshold=threshold, abstain_below=abstain_below, http=False)
+                   scoring=s.scoring, http=False)
         make = serve_scorer_factory(s.serve.app_name)
     else:
-        make = local_scorer_factory(model, s.train.device, s.features, use_features, threshold, abstain_below)
+        make = local_scorer_factory(model, s.train.device, s.features, use_features, s.scoring)
     if ray_actors:
         from ray_jobs.actors import run_actors, total
 

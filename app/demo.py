@@ -152,7 +152,7 @@ def _store_encodings(s: LanternSettings, store) -> None:
 def _serve(s: LanternSettings) -> None:
     from ray_jobs.serve import deploy, feature_store_options
 
-    deploy(s.serve, features=feature_store_options(s.features), threshold=s.demo.threshold, http=False)
+    deploy(s.serve, features=feature_store_options(s.features), scoring=s.scoring, http=False)
     quiet()  # Serve sets its own logger up when it starts
     console.print(f"Serve app {s.serve.app_name!r}: champion from {s.serve.registry}, "
                   f"{s.serve.min_replicas}–{s.serve.max_replicas} replicas")

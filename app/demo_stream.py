@@ -20,7 +20,8 @@ from tqdm.auto import tqdm
 from lantern.settings.kafka import KafkaConfig
 
 #: one of each way an event breaks the contract (the DLQ must get every one, with its reason)
-BAD_EVENT_KINDS = ("bad_json", "unknown_question", "missing_user_id", "bad_timestamp")
+BAD_EVENT_KINDS = ("bad_json", "unknown_question", "missing_user_id", "bad_timestamp", "lone_surrogate",
+                   "future_completion")
 
 
 def bad_event(kind: str, template: bytes) -> bytes:
@@ -34,6 +35,10 @@ def bad_event(kind: str, template: bytes) -> bytes:
         del body["user_id"]
     elif kind == "bad_timestamp":
         body["completed_at"] = "yesterday afternoon"
+    elif kind == "lone_surrogate":  # legal JSON (the \ud800 escape), not a legal string
+        body["user_id"] = "\ud800"
+    elif kind == "future_completion":  # a client whose clock is broken
+        body["completed_at"] = "9999-12-31T23:59:59Z"
     else:
         raise ValueError(f"unknown bad-event kind {kind!r}")
     return json.dumps(body).encode()

@@ -90,6 +90,7 @@ def bench_serve(settings, users: int = 3000, rows: int = 4096, rounds: int = 3, 
     from features.lookup import OnlineLookup
     from features.online import encode_online, source_users
     from lantern.dataset.simulate import simulate
+    from lantern.settings.scoring import ScoringConfig
     from model.checkpoint import tuned_threshold
     from model.inference import InProcessPredictor, resolve_device
     from ray_jobs.cluster import connect, stop
@@ -113,7 +114,7 @@ def bench_serve(settings, users: int = 3000, rows: int = 4096, rounds: int = 3, 
         encode_online(store, loaded, "v0001", source_users(store, fcfg), log=log)  # what the replica reads
         predictor = InProcessPredictor(loaded.model, "v0001", device)
         local, stored = (BatchScorer(loaded.questionnaire, loaded.features, predictor, OnlineLookup(store),
-                                     tuned_threshold(loaded.meta), stored_version=version)
+                                     ScoringConfig(threshold=tuned_threshold(loaded.meta)), stored_version=version)
                          for version in (None, predictor.stored_version))
         cfg = replace(settings.serve, registry=root / "registry", min_replicas=1, max_replicas=1, num_cpus=1)
         gpus = {"num_gpus": 1} if cfg.num_gpus else {}

@@ -172,7 +172,7 @@ def _setup(settings: LanternSettings, bench: StreamBench, root, log):
     users = encode_online(store, loaded, "v0001", source_users(store, s.features))
     log(f"stored {users} users' external encodings in {time.perf_counter() - t0:.1f} s")
     scorers = {path: BatchCodec(loaded.questionnaire, loaded.features, OnlineLookup(store),
-                                tuned_threshold(loaded.meta, s.demo.threshold),
+                                s.scoring.with_tuned(tuned_threshold(loaded.meta)),
                                 stored_version=stored_version(loaded.model, "v0001") if path != "eager" else None)
                for path in MODEL_PATHS}
     return s, ds, scorers, loaded.model.eval()
@@ -216,7 +216,7 @@ def _run_actors(s: LanternSettings, kafka: KafkaConfig, events, n: int, latency:
     _preload(kafka, run.input_topic, events)
     ensure_topics(run)
     features = feature_store_options(replace(s.features, encodings=path != "eager"))
-    deploy(replace(s.serve, min_replicas=n, max_replicas=n), features=features, threshold=s.demo.threshold, http=False)
+    deploy(replace(s.serve, min_replicas=n, max_replicas=n), features=features, scoring=s.scoring, http=False)
     collector = ScoreCollector(run, run.scores_topic)
     try:
         wait_assigned(serve.run(build_consumers(run, n, s.serve.app_name), name=CONSUMERS_APP, route_prefix=None))

@@ -18,6 +18,7 @@ class Problem:
     kind: str
     message: str
     field: str = ""
+    exception: str = ""  # class ``internal``: the unexpected exception's qualified type name
 
 
 class LanternError(Exception):

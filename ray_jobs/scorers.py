@@ -6,9 +6,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from lantern.settings.scoring import ScoringConfig
+
 
 def local_scorer_factory(model: Path, device_pref: str, features_cfg, use_features: bool,
-                         threshold: float | None, abstain_below: float = 0.0) -> Callable:
+                         scoring: ScoringConfig) -> Callable:
     """A picklable builder of the in-process scorer (runs in this process or in a Ray actor)."""
     def make():
         from model.checkpoint import load_model, tuned_threshold
@@ -24,8 +26,7 @@ def local_scorer_factory(model: Path, device_pref: str, features_cfg, use_featur
             client = OnlineLookup.of(features_cfg)
         version = loaded.version(model)
         return BatchScorer(loaded.questionnaire, loaded.features, InProcessPredictor(loaded.model, version, device),
-                           client, tuned_threshold(loaded.meta, threshold),
-                           abstain_below=abstain_below)
+                           client, scoring.with_tuned(tuned_threshold(loaded.meta)))
     return make
 
 

@@ -16,10 +16,12 @@ not JSON), ``GET /healthz``. Handle: ``score(records)`` → ``ScoredBatch``.
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +31,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from lantern.settings.features import FeatureStoreConfig
+from lantern.settings.scoring import ScoringConfig
 from lantern.settings.serve import ServeConfig, config_from_args
 from model.checkpoint import tuned_threshold
 from model.inference import Prediction, forward, resolve_device, stored_version
@@ -36,6 +39,8 @@ from model.registry import Registry
 from streaming.events import MAX_EVENT_BYTES
 from streaming.metrics import Metrics
 from streaming.scoring import BatchCodec, Encoded, Record, ScoredBatch
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -61,8 +66,7 @@ def _concat(parts: list[Encoded]) -> tuple:
 @serve.deployment(name="LanternScorer")
 class LanternScorer:
     def __init__(self, registry: str, model_version: str | None = None, device: str = "auto", half: bool = False,
-                 features: dict | None = None, threshold: float | None = None, threads: int = 1,
-                 abstain_below: float = 0.0):
+                 features: dict | None = None, scoring: dict | None = None, threads: int = 1):
         torch.set_num_threads(threads)  # the replica's CPU share (ray_actor_options num_cpus)
         # encoding and forward passes run here, one at a time and off the event loop (requests keep
         # arriving while the model computes), never beside each other (GIL contention)
@@ -70,8 +74,7 @@ class LanternScorer:
         self.registry = Registry(registry)
         self.device = resolve_device(device)
         self.half = half and self.device.type == "cuda"  # never on CPU
-        self.threshold = threshold  # None: each version's own tuned multi-select threshold
-        self.abstain_below = abstain_below
+        self.scoring = ScoringConfig(**(scoring or {}))  # threshold None: each version's own tuned one
         self.metrics = Metrics.ray()  # to Ray's Prometheus endpoint, with Serve's replica labels
         self.features = None
         if features is not None:  # the replica's own online lookup (features.lookup.OnlineLookup)
@@ -84,8 +87,8 @@ class LanternScorer:
         loaded = self.registry.load(version, str(self.device))
         version = loaded.meta.get("version", version)
         return Served(version, loaded.model, BatchCodec(loaded.questionnaire, loaded.features, self.features,
-                                                         tuned_threshold(loaded.meta, self.threshold),
-                                                         abstain_below=self.abstain_below, metrics=self.metrics,
+                                                         self.scoring.with_tuned(tuned_threshold(loaded.meta)),
+                                                         metrics=self.metrics,
                                                          stored_version=stored_version(loaded.model, version)))
 
     def reconfigure(self, config: dict) -> None:
@@ -146,6 +149,13 @@ class LanternScorer:
         return served.scorer.finish(enc, pred)
 
     async def __call__(self, request: Request) -> Response:
+        try:
+            return await self._route(request)
+        except Exception as exc:  # noqa: BLE001 - a bug answers 500 with problem details; the replica serves on
+            log.exception("request %s %s failed", request.method, request.url.path)
+            return problem(500, "internal", f"{type(exc).__name__}: the scorer failed on this request")
+
+    async def _route(self, request: Request) -> Response:
         path = request.url.path.rstrip("/")
         if request.method == "GET" and path.endswith("/healthz"):
             return JSONResponse({"status": "ok", "model_version": self.served.version, "device": str(self.device)})
@@ -153,14 +163,13 @@ class LanternScorer:
             refused = _refuse(request)
             body = None if refused else await _read_capped(request, MAX_EVENT_BYTES)
             if refused or body is None:
-                return refused or _error(413, "too_large", f"a session event is at most {MAX_EVENT_BYTES} bytes")
+                return refused or problem(413, "oversized", f"a session event is at most {MAX_EVENT_BYTES} bytes")
             result = await self._score_one(Record("http", 0, 0, None, body))
             if result.dead:
                 error = result.dead[0][1]
-                return JSONResponse({"error": error.kind, "reason": error.message, "field": error.field},
-                                    status_code=400)
+                return problem(500 if error.kind == "internal" else 400, error.kind, error.message, error.field)
             return Response(result.scores[0][1], media_type="application/json")
-        return JSONResponse({"error": "not_found", "reason": "routes: POST /score, GET /healthz"}, status_code=404)
+        return problem(404, "not_found", "routes: POST /score, GET /healthz")
 
     def info(self) -> dict:
         """What `lantern status` shows: the served version and the device."""
@@ -171,18 +180,29 @@ class LanternScorer:
             raise RuntimeError("no model loaded")
 
 
-def _error(status: int, kind: str, reason: str) -> JSONResponse:
-    return JSONResponse({"error": kind, "reason": reason}, status_code=status)
+_TITLES = {400: "Bad Request", 404: "Not Found", 413: "Content Too Large", 415: "Unsupported Media Type",
+           500: "Internal Server Error"}
 
 
-def _refuse(request: Request) -> JSONResponse | None:
+def problem(status: int, kind: str, detail: str, field: str = "") -> Response:
+    """An RFC 9457 problem details response: ``type`` names the error class (the dead-letter
+    topic's, docs/events.md), ``class`` repeats it for clients, ``field`` says where."""
+    body = {"type": f"urn:lantern:problem:{kind}", "title": _TITLES.get(status, "Error"), "status": status,
+            "detail": detail, "class": kind}
+    if field:
+        body["field"] = field
+    # ASCII-escaped: no text in it (a field path from the input included) can fail to encode
+    return Response(json.dumps(body), status_code=status, media_type="application/problem+json")
+
+
+def _refuse(request: Request) -> Response | None:
     """A 4xx before the body is read: not JSON, or a declared length over the event limit."""
     content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
     if content_type != "application/json":
-        return _error(415, "unsupported_media_type", f"send the event as application/json, not {content_type}")
+        return problem(415, "unsupported_media_type", f"send the event as application/json, not {content_type}")
     declared = request.headers.get("content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > MAX_EVENT_BYTES):
-        return _error(413, "too_large", f"a session event is at most {MAX_EVENT_BYTES} bytes (declared {declared})")
+        return problem(413, "oversized", f"a session event is at most {MAX_EVENT_BYTES} bytes (declared {declared})")
     return None
 
 
@@ -197,7 +217,7 @@ async def _read_capped(request: Request, limit: int) -> bytes | None:
 
 
 def build_app(cfg: ServeConfig, model_version: str | None = None, features: dict | None = None,
-              threshold: float | None = None, abstain_below: float = 0.0):
+              scoring: ScoringConfig = ScoringConfig()):
     """The Serve application for ``cfg``: placement, autoscaling and user_config from settings."""
     version = model_version or cfg.model_version or Registry(cfg.registry).champion()
     deployment = LanternScorer.options(
@@ -208,8 +228,8 @@ def build_app(cfg: ServeConfig, model_version: str | None = None, features: dict
         user_config=cfg.user_config(version),
     )
     # an absolute registry path: replicas may run with another working directory
-    return deployment.bind(str(Path(cfg.registry).resolve()), version, cfg.device, cfg.half, features, threshold,
-                           max(1, int(cfg.num_cpus)), abstain_below)
+    return deployment.bind(str(Path(cfg.registry).resolve()), version, cfg.device, cfg.half, features,
+                           asdict(scoring), max(1, int(cfg.num_cpus)))
 
 
 def autoscaling_config(cfg: ServeConfig) -> dict:
@@ -223,20 +243,18 @@ def autoscaling_config(cfg: ServeConfig) -> dict:
 def app_builder(args: dict):
     """Serve config entry point (``import_path: ray_jobs.serve:app_builder``, e.g. a KubeRay
     RayService): ``args`` holds ServeConfig fields, plus ``features`` (FeatureStoreConfig fields;
-    absent = no external context), ``threshold`` (multi-select; absent = each version's tuned one) and
-    ``abstain_below`` (single-select). Unknown keys are an error."""
+    absent = no external context) and ``scoring`` (ScoringConfig fields: ``threshold``, absent = each
+    version's tuned one; ``abstain_below``; ``max_clock_skew_s``). Unknown keys are an error."""
     args = dict(args)
-    features, threshold = args.pop("features", None), args.pop("threshold", None)
-    threshold = None if threshold is None else float(threshold)
-    abstain_below = float(args.pop("abstain_below", 0.0))
+    features, scoring = args.pop("features", None), config_from_args(ScoringConfig, args.pop("scoring", {}), "scoring")
     cfg = config_from_args(ServeConfig, args, "serve")
     if features is not None:
         features = feature_store_options(FeatureStoreConfig(**features))
-    return build_app(cfg, features=features, threshold=threshold, abstain_below=abstain_below)
+    return build_app(cfg, features=features, scoring=scoring)
 
 
 def deploy(cfg: ServeConfig, model_version: str | None = None, features: dict | None = None,
-           threshold: float | None = None, http: bool = True, abstain_below: float = 0.0):
+           scoring: ScoringConfig = ScoringConfig(), http: bool = True):
     """Start Serve (HTTP on ``cfg.http_host:http_port``) and run or update the app; returns its handle.
     Re-running with another version is a lightweight update: only user_config changes, replicas
     reconfigure in place."""
@@ -244,7 +262,7 @@ def deploy(cfg: ServeConfig, model_version: str | None = None, features: dict | 
         serve.start(http_options={"host": cfg.http_host, "port": cfg.http_port})
     else:
         serve.start(proxy_location="Disabled")
-    return serve.run(build_app(cfg, model_version, features, threshold, abstain_below), name=cfg.app_name,
+    return serve.run(build_app(cfg, model_version, features, scoring), name=cfg.app_name,
                      route_prefix="/" if http else None)
 
 
@@ -258,8 +276,6 @@ def running_replicas(app: str, deployment: str = "LanternScorer") -> int:
 
 def feature_store_options(cfg) -> dict:
     """A FeatureStoreConfig as replica arguments (absolute repo path: replicas run elsewhere)."""
-    from dataclasses import asdict
-
     return {**asdict(cfg), "repo": str(Path(cfg.repo).resolve())}
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pyarrow as pa
@@ -18,6 +19,7 @@ import pyarrow.parquet as pq
 
 from lantern.dataset import schema
 from lantern.dataset.questionnaire import Questionnaire
+from lantern.settings.scoring import MAX_CLOCK_SKEW_S
 from streaming.events import SessionEvent, events_to_sessions, parse_event
 
 
@@ -40,9 +42,12 @@ def write_partitioned(events: list[SessionEvent], out: Path) -> list[Path]:
     return written
 
 
-def archive_batch(values: list[bytes], q: Questionnaire, out: Path) -> tuple[int, int]:
-    """(archived, skipped) for one batch of raw input events."""
-    parsed = [parse_event(v, q) for v in values]
+def archive_batch(values: list[bytes], q: Questionnaire, out: Path,
+                  max_clock_skew_s: float = MAX_CLOCK_SKEW_S) -> tuple[int, int]:
+    """(archived, skipped) for one batch of raw input events: a session the scorer would refuse
+    (a completion time ahead of the clock included) is never training data."""
+    not_after = datetime.now(timezone.utc) + timedelta(seconds=max_clock_skew_s)
+    parsed = [parse_event(v, q, not_after=not_after) for v in values]
     good = [p for p in parsed if isinstance(p, SessionEvent)]
     if good:
         write_partitioned(good, out)

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import msgspec
 import numpy as np
@@ -43,10 +44,18 @@ class SessionEvent:
 EventError = Problem
 
 
-#: every class an input event can be dead-lettered with (docs/events.md lists the same set: tested)
-ERROR_CLASSES = ("oversized", "bad_json", "wrong_types", "unknown_schema_version", "empty_answers", "key_mismatch",
-                 "unknown_question", "unknown_option", "duplicate_answer", "repeated_option", "single_select",
-                 "routing")
+#: every class an input event can be dead-lettered with (docs/events.md lists the same set: tested);
+#: ``internal``: handling the event raised an unexpected exception (a bug, isolated to that event)
+ERROR_CLASSES = ("oversized", "bad_json", "bad_text", "wrong_types", "future_time", "unknown_schema_version",
+                 "empty_answers", "key_mismatch", "unknown_question", "unknown_option", "duplicate_answer",
+                 "repeated_option", "single_select", "routing", "internal")
+#: the fields that are ids: besides valid Unicode, free of control characters (NUL included)
+ID_FIELDS = ("event_id", "session_id", "user_id")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")  # a lone one: JSON's \uXXXX escape can make it, UTF-8 cannot
+_BAD_ID = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")  # Unicode's control characters (Cc), surrogates
+# the escapes that can make either in a JSON string (raw control bytes are not JSON; raw C1
+# characters are caught on the decoded ids): an event holding one takes the reference parser
+_SUSPECT_ESCAPE = re.compile(rb"\\u(?:[dD][89a-fA-F]|00[01]|007[fF]|00[89][0-9a-fA-F])")
 
 _is_str = str.__instancecheck__  # isinstance(x, str) as a C function, for map()
 
@@ -86,8 +95,10 @@ def _plain(value):
 _encode_json = msgspec.json.Encoder(enc_hook=_plain).encode  # compact UTF-8 JSON (score records)
 
 
-def parse_event(raw: bytes, q: Questionnaire, max_bytes: int = MAX_EVENT_BYTES) -> SessionEvent | EventError:
+def parse_event(raw: bytes, q: Questionnaire, max_bytes: int = MAX_EVENT_BYTES,
+                not_after: datetime | None = None) -> SessionEvent | EventError:
     """Bytes of one input event → a validated session, or the reason it is not one.
+    ``not_after``: the latest completion time accepted (the scorer's clock plus the allowed skew).
 
     A typed decoder (msgspec: strict UTF-8 and JSON, types checked in C) takes every well-formed
     event; anything it refuses, or that fails a check after it, is parsed again by
@@ -97,16 +108,17 @@ def parse_event(raw: bytes, q: Questionnaire, max_bytes: int = MAX_EVENT_BYTES) 
         return EventError("oversized", f"event is {len(raw)} bytes, the limit is {max_bytes}")
     try:
         wire = _decode_event(raw)
-    except msgspec.MsgspecError:
-        return parse_event_untyped(raw, q, max_bytes)
+    except (msgspec.MsgspecError, RecursionError):  # deep nesting, even in a field it skips, is a RecursionError
+        return parse_event_untyped(raw, q, max_bytes, not_after)
     if (wire.schema_version != SCHEMA_VERSION or not wire.event_id or not wire.user_id or not wire.completed_at
-            or wire.event_id != wire.session_id):
-        return parse_event_untyped(raw, q, max_bytes)
-    completed = _completed_at(wire.completed_at)
+            or wire.event_id != wire.session_id or _BAD_ID.search(wire.user_id) or _BAD_ID.search(wire.session_id)
+            or (b"\\u" in raw and _SUSPECT_ESCAPE.search(raw))):
+        return parse_event_untyped(raw, q, max_bytes, not_after)
+    completed = _completed_at(wire.completed_at, not_after)
     answers = _valid_answers(wire.answers, q)
     if isinstance(completed, EventError) or answers is None:
-        return parse_event_untyped(raw, q, max_bytes)
-    return SessionEvent(wire.session_id, wire.user_id, completed.astimezone(timezone.utc), answers)
+        return parse_event_untyped(raw, q, max_bytes, not_after)
+    return SessionEvent(wire.session_id, wire.user_id, completed, answers)
 
 
 def _valid_answers(answers: list[_Answer], q: Questionnaire) -> tuple | None:
@@ -134,14 +146,27 @@ def _valid_answers(answers: list[_Answer], q: Questionnaire) -> tuple | None:
     return tuple(out) if answered else None
 
 
-def _completed_at(text: str) -> datetime | EventError:
+def _completed_at(text: str, not_after: datetime | None) -> datetime | EventError:
+    """The completion time in UTC, or why it is not one: not ISO 8601 with a zone, outside the
+    years a UTC time can have, or later than ``not_after`` (a client whose clock runs ahead)."""
     try:
         completed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        if completed.tzinfo is None:
+            return EventError("wrong_types", "completed_at needs a time zone (e.g. ...Z)", "completed_at")
+        completed = completed.astimezone(timezone.utc)
     except ValueError:
         return EventError("wrong_types", f"completed_at {text!r} is not an ISO 8601 time", "completed_at")
-    if completed.tzinfo is None:
-        return EventError("wrong_types", "completed_at needs a time zone (e.g. ...Z)", "completed_at")
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00: before year 1 in UTC
+        return EventError("wrong_types", f"completed_at {text!r} is outside the years 1-9999 in UTC", "completed_at")
+    if not_after is not None and completed > not_after:
+        ahead = completed - not_after
+        return EventError("future_time", f"completed_at {text!r} is {_duration(ahead)} past the scorer's clock "
+                                         "plus the allowed skew (scoring.max_clock_skew_s)", "completed_at")
     return completed
+
+
+def _duration(delta: timedelta) -> str:
+    return f"{delta.days} days" if delta.days >= 2 else f"{delta.total_seconds():.0f} s"
 
 
 def _validated(session_id: str, user_id: str, completed: datetime, answers: tuple, q: Questionnaire):
@@ -151,10 +176,42 @@ def _validated(session_id: str, user_id: str, completed: datetime, answers: tupl
     problem = answers_problem(q, ((qid, options or ()) for qid, options in answers))
     if problem:
         return problem
-    return SessionEvent(session_id, user_id, completed.astimezone(timezone.utc), answers)
+    return SessionEvent(session_id, user_id, completed, answers)
 
 
-def parse_event_untyped(raw: bytes, q: Questionnaire, max_bytes: int = MAX_EVENT_BYTES) -> SessionEvent | EventError:
+def _text_problem(body) -> EventError | None:
+    """The first string (key or value, anywhere in the event) that is not valid Unicode: a lone
+    UTF-16 surrogate, which JSON's ``\\uD800`` escape can encode but no UTF-8 text can hold (every
+    later ``.encode()`` of it would fail). Iterative: the parser's depth limit is the only bound."""
+    stack = [("", body)]
+    while stack:  # depth first, in document order (children pushed last to first)
+        path, value = stack.pop()
+        if isinstance(value, dict):
+            for key in value:
+                if _SURROGATE.search(key):
+                    return _bad_text(path or "event", key, f"a key of {path or 'the event'}")
+            stack.extend((f"{path}.{key}" if path else key, item) for key, item in reversed(value.items()))
+        elif isinstance(value, list):
+            stack.extend((f"{path}[{i}]", value[i]) for i in range(len(value) - 1, -1, -1))
+        elif isinstance(value, str) and _SURROGATE.search(value):
+            return _bad_text(path or "event", value, path or "the event")
+    return None
+
+
+def _bad_text(field: str, value: str, what: str,
+              rule: str = "a lone UTF-16 surrogate escape, which is not Unicode text") -> EventError:
+    shown = ascii(value[:40]) + ("..." if len(value) > 40 else "")  # escaped: the message itself stays valid text
+    return EventError("bad_text", f"{what} holds {rule}: {shown}", field)
+
+
+def _id_problem(field: str, value: str) -> EventError | None:
+    if _BAD_ID.search(value):
+        return _bad_text(field, value, f"the id {field}", "a control character (ids are printable text)")
+    return None
+
+
+def parse_event_untyped(raw: bytes, q: Questionnaire, max_bytes: int = MAX_EVENT_BYTES,
+                        not_after: datetime | None = None) -> SessionEvent | EventError:
     """The reference parser (``json`` + checks field by field): what :func:`parse_event` returns
     for every input, and where its error messages come from."""
     if len(raw) > max_bytes:
@@ -165,6 +222,9 @@ def parse_event_untyped(raw: bytes, q: Questionnaire, max_bytes: int = MAX_EVENT
         return EventError("bad_json", f"not UTF-8: {exc}")
     except (ValueError, RecursionError) as exc:  # json.JSONDecodeError is a ValueError
         return EventError("bad_json", f"not valid JSON: {exc}")
+    problem = _text_problem(body)
+    if problem is not None:
+        return problem
     if not isinstance(body, dict):
         return _wrong("event", "a JSON object", body)
     version = body.get("schema_version")
@@ -176,9 +236,12 @@ def parse_event_untyped(raw: bytes, q: Questionnaire, max_bytes: int = MAX_EVENT
     for name in ("event_id", "session_id", "user_id", "completed_at"):
         if not isinstance(body.get(name), str) or not body[name]:
             return _wrong(name, "a non-empty string", body.get(name))
+        problem = _id_problem(name, body[name]) if name in ID_FIELDS else None
+        if problem is not None:
+            return problem
     if body["event_id"] != body["session_id"]:
         return EventError("wrong_types", "event_id must equal session_id", "event_id")
-    completed = _completed_at(body["completed_at"])
+    completed = _completed_at(body["completed_at"], not_after)
     if isinstance(completed, EventError):
         return completed
     answers = body.get("answers")
@@ -192,12 +255,14 @@ def parse_event_untyped(raw: bytes, q: Questionnaire, max_bytes: int = MAX_EVENT
         if not isinstance(qid, str):
             return _wrong(f"answers[{i}].question_id", "a string", qid)
         options = a.get("option_ids")
-        if options is None:  # presented, skipped ([] on a multi-select: answered, none chosen)
-            parsed.append((qid, None))
-            continue
-        if not isinstance(options, list) or not all(map(_is_str, options)):
+        if not isinstance(options, (list, type(None))) or not all(map(_is_str, options or ())):
             return _wrong(f"answers[{i}].option_ids", "a list of strings or null", options)
-        parsed.append((qid, tuple(options)))
+        problem = _id_problem(f"answers[{i}].question_id", qid) or next(
+            (p for j, o in enumerate(options or ()) if (p := _id_problem(f"answers[{i}].option_ids[{j}]", o))), None)
+        if problem is not None:
+            return problem
+        # None: presented, skipped ([] on a multi-select: answered, none chosen)
+        parsed.append((qid, None if options is None else tuple(options)))
     return _validated(body["session_id"], body["user_id"], completed, tuple(parsed), q)
 
 
@@ -289,8 +354,25 @@ def dlq_headers(error: EventError, topic: str, partition: int, offset: int,
                 original: tuple[tuple[str, bytes], ...] = ()) -> list[tuple[str, bytes]]:
     """The original record's own headers (e.g. ``traceparent``), then KIP-1034-style headers: what
     was wrong and where the original record lives (a dead letter replayed and refused again gets
-    fresh ``lantern.*`` headers, not a second set)."""
+    fresh ``lantern.*`` headers, not a second set). An ``internal`` error adds the exception's type
+    (``lantern.error.exception``); text that is not valid Unicode is written escaped, never refused."""
     kept = [(k, v) for k, v in original if not k.startswith("lantern.")]
-    return kept + [("lantern.error.class", error.kind.encode()), ("lantern.error.message", error.message.encode()),
-            ("lantern.error.field", error.field.encode()), ("lantern.source.topic", topic.encode()),
-            ("lantern.source.partition", str(partition).encode()), ("lantern.source.offset", str(offset).encode())]
+    ours = [("lantern.error.class", error.kind), ("lantern.error.message", error.message),
+            ("lantern.error.field", error.field)]
+    if error.exception:
+        ours.append(("lantern.error.exception", error.exception))
+    ours += [("lantern.source.topic", topic), ("lantern.source.partition", str(partition)),
+             ("lantern.source.offset", str(offset))]
+    return kept + [(k, v.encode("utf-8", "backslashreplace")) for k, v in ours]
+
+
+def internal_error(exc: BaseException, stage: str) -> EventError:
+    """An unexpected exception while handling one event (at ``stage``: parse, features, format), as
+    that event's dead-letter reason: the exception's type and message."""
+    kind = type(exc)
+    name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+    try:
+        text = str(exc)
+    except Exception:  # noqa: BLE001 - an exception whose message cannot be built still has a type
+        text = "(no message)"
+    return EventError("internal", f"{stage}: {kind.__name__}: {text}"[:1000], "", name)

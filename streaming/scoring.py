@@ -12,21 +12,32 @@ scored. Pluggable pieces:
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Protocol
 
 import numpy as np
 
 from lantern.dataset.questionnaire import Questionnaire
-from lantern.errors import FeatureStoreUnavailable
+from lantern.errors import FeatureStoreUnavailable, LanternError
 from model.data import EncodedData, encode_sessions
 from model.encoding import FeatureSpec, SourceArrays, absent_source
 from model.inference import Prediction, Stored
 from model.metrics import Layout, decide
-from streaming.events import EventError, SessionEvent, events_to_sessions, parse_event, score_records
+from lantern.settings.scoring import ScoringConfig
+from streaming.events import (
+    EventError,
+    SessionEvent,
+    events_to_sessions,
+    internal_error,
+    parse_event,
+    score_records,
+)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -71,6 +82,7 @@ class Encoded:
     dead: list[tuple[Record, EventError]]
     degraded: bool
     stored: Stored | None = None  # rows' stored external encodings (None per row: encode its sources)
+    records: list[Record] = field(default_factory=list)  # each event's record (a dead letter's bytes)
 
     @property
     def model_args(self) -> tuple:
@@ -83,20 +95,31 @@ class BatchCodec:
     in between (batched across requests); :class:`BatchScorer` adds an in-process predictor."""
 
     def __init__(self, questionnaire: Questionnaire, features_spec: FeatureSpec,
-                 feature_client: FeatureClient | None, threshold: float = 0.5,
+                 feature_client: FeatureClient | None, scoring: ScoringConfig = ScoringConfig(threshold=0.5),
                  clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
-                 lookup_attempts: int = 3, lookup_backoff_s: float = 0.1, abstain_below: float = 0.0,
-                 metrics=None, stored_version: str | None = None):
-        """``predicted_keys``: each single-select question's most likely option (none where its
-        probability is below ``abstain_below``), each multi-select option at ≥ ``threshold``.
+                 lookup_attempts: int = 3, lookup_backoff_s: float = 0.1, metrics=None,
+                 stored_version: str | None = None):
+        """``scoring``: decisions and acceptance, its threshold resolved for this model version
+        (``ScoringConfig.with_tuned``). ``predicted_keys``: each single-select question's most
+        likely option (none where its probability is below ``abstain_below``), each multi-select
+        option at ≥ ``threshold``. A session completed later than the clock plus
+        ``max_clock_skew_s`` is refused (``future_time``).
         ``stored_version``: read the users' external encodings materialized for this model version
-        where the feature client has them (only the users without one are looked up and encoded)."""
+        where the feature client has them (only the users without one are looked up and encoded).
+
+        A bulkhead per event: an unexpected exception while one event is parsed, shaped or
+        formatted dead-letters that event (class ``internal``, with the exception's type and
+        message), and the rest of its batch is scored. What is not about one event — the feature
+        store (a :class:`LanternError`), the forward pass, the sink — raises as before."""
         self.q, self.spec = questionnaire, features_spec
-        self.features, self.threshold, self.clock = feature_client, threshold, clock
-        self.layout, self.abstain_below = Layout.of(questionnaire), abstain_below
+        assert scoring.threshold is not None, "resolve the threshold for the model first: ScoringConfig.with_tuned"
+        self.features, self.scoring, self.clock = feature_client, scoring, clock
+        self.threshold, self.abstain_below = scoring.threshold, scoring.abstain_below
+        self.layout = Layout.of(questionnaire)
         self.lookup_attempts, self.lookup_backoff_s = lookup_attempts, lookup_backoff_s
         self.metrics = metrics  # streaming.metrics.Metrics, or None
         self.stored_version = stored_version
+        self.max_clock_skew = timedelta(seconds=scoring.max_clock_skew_s)
 
     def parse(self, records: list[Record]) -> tuple[list[tuple[Record, SessionEvent]], list[tuple[Record, EventError]]]:
         """Valid events, and dead letters for the rest. A record whose key is not its body's
@@ -104,16 +127,24 @@ class BatchCodec:
         partition. A null key is accepted. The same session twice (a producer's retry) is scored
         each time, in one batch or across batches alike; consumers deduplicate by ``session_id``."""
         good, dead = [], []
+        not_after = self.clock() + self.max_clock_skew
         for record in records:
-            parsed = parse_event(record.value, self.q)
-            if isinstance(parsed, SessionEvent) and record.key is not None and record.key != parsed.user_id.encode():
-                parsed = EventError("key_mismatch", f"record key {record.key[:64]!r} is not the user_id "
-                                                    f"{parsed.user_id!r}", "user_id")
+            try:
+                parsed = self._parse_one(record, not_after)
+            except Exception as exc:  # noqa: BLE001 - the bulkhead: this event's dead letter, not the batch's end
+                parsed = _internal(exc, "parse", record)
             if isinstance(parsed, EventError):
                 dead.append((record, parsed))
             else:
                 good.append((record, parsed))
         return good, dead
+
+    def _parse_one(self, record: Record, not_after: datetime) -> SessionEvent | EventError:
+        parsed = parse_event(record.value, self.q, not_after=not_after)
+        if isinstance(parsed, SessionEvent) and record.key is not None and record.key != parsed.user_id.encode():
+            return EventError("key_mismatch", f"record key {record.key[:64]!r} is not the user_id {parsed.user_id!r}",
+                              "user_id")
+        return parsed
 
     def lookup(self, user_ids: list[str]) -> tuple[dict[str, SourceArrays], bool, Stored | None]:
         """External inputs per source, whether the store was unavailable (→ survey-only), and the
@@ -165,38 +196,92 @@ class BatchCodec:
     def encode(self, records: list[Record]) -> Encoded:
         """Parse, dead-letter what is bad, look features up, encode: everything before the model."""
         good, dead = self.parse(records)
+        if not good:
+            return Encoded([], None, dead, False)
+        try:
+            return self._encode(good, dead)
+        except LanternError:  # the feature store or its configuration: not about one event
+            raise
+        except Exception:  # noqa: BLE001 - find the events it is about (_encode_each)
+            return self._encode_each(good, dead)
+
+    def _encode(self, good: list[tuple[Record, SessionEvent]], dead: list) -> Encoded:
         events = [e for _, e in good]
-        if not events:
-            return Encoded(events, None, dead, False)
         sources, degraded, stored = self.lookup([e.user_id for e in events])
         data = encode_sessions(self.q, events_to_sessions(events), self.spec, sources)
-        return Encoded(events, data, dead, degraded, stored)
+        return Encoded(events, data, dead, degraded, stored, [r for r, _ in good])
+
+    def _encode_each(self, good: list[tuple[Record, SessionEvent]], dead: list) -> Encoded:
+        """A batch whose lookup or encoding raised unexpectedly: each event alone; those that fail
+        alone are dead-lettered (``internal``), the others encoded together again."""
+        kept = []
+        for record, event in good:
+            try:
+                self._encode([(record, event)], [])
+                kept.append((record, event))
+            except LanternError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the bulkhead
+                dead.append((record, _internal(exc, "features", record)))
+        return self._encode(kept, dead) if kept else Encoded([], None, dead, False)
 
     def finish(self, enc: Encoded, pred: Prediction | None) -> ScoredBatch:
-        """The scores topic's records for an encoded batch and its prediction."""
-        out = ScoredBatch(dead=enc.dead, degraded=enc.degraded, completed_at=[e.completed_at for e in enc.events])
+        """The scores topic's records for an encoded batch and its prediction; an event whose
+        record cannot be formatted is dead-lettered (``internal``), the others are scored."""
+        out = ScoredBatch(dead=list(enc.dead), degraded=enc.degraded)
         if not enc.events:
             return out
         predicted = decide(pred.probs, self.layout, self.threshold, self.abstain_below)
         names, present = [s.name for s in self.spec.sources], [arr.present.tolist() for arr in enc.data.sources]
         used = [[name for name, flags in zip(names, present) if flags[i]] for i in range(len(enc.events))]
         gates = [None if np.isnan(g) else float(g) for g in pred.gate]
-        values = score_records(enc.events, pred.probs, self.q, pred.model_version, self.threshold, used, gates,
-                               self.clock(), degraded=enc.degraded, predicted=predicted,
-                               abstain_below=self.abstain_below)
-        out.scores = [(event.user_id.encode(), value) for event, value in zip(enc.events, values)]
+        scored_at = self.clock()
+
+        def formatted(rows: list[int]) -> list[tuple[bytes, bytes]]:
+            events = [enc.events[i] for i in rows]
+            values = score_records(events, pred.probs[rows], self.q, pred.model_version, self.threshold,
+                                   [used[i] for i in rows], [gates[i] for i in rows], scored_at,
+                                   degraded=enc.degraded, predicted=predicted[rows], abstain_below=self.abstain_below)
+            return [(event.user_id.encode(), value) for event, value in zip(events, values)]
+
+        rows = list(range(len(enc.events)))
+        try:
+            out.scores = formatted(rows)
+        except Exception:  # noqa: BLE001 - find the events it is about: each alone
+            out.scores, rows = self._format_each(formatted, rows, enc, out.dead)
+        out.completed_at = [enc.events[i].completed_at for i in rows]
         if self.metrics is not None:
             self.metrics.finished(pred.gate, len(enc.events) if enc.degraded else 0, pred.model_version)
         return out
+
+    @staticmethod
+    def _format_each(formatted, rows: list[int], enc: Encoded, dead: list) -> tuple[list, list[int]]:
+        scores, kept = [], []
+        for i in rows:
+            try:
+                scores += formatted([i])
+                kept.append(i)
+            except Exception as exc:  # noqa: BLE001 - the bulkhead
+                dead.append((enc.records[i], _internal(exc, "format", enc.records[i])))
+        return scores, kept
+
+
+def _internal(exc: Exception, stage: str, record: Record) -> EventError:
+    """The dead-letter reason for an unexpected exception about one record; logged with its
+    traceback (the metric ``lantern_events_dead_lettered{error_class="internal"}`` pages someone)."""
+    log.error("record %s[%d]@%d dead-lettered: unexpected %s at %s", record.topic, record.partition, record.offset,
+              type(exc).__name__, stage, exc_info=exc)
+    return internal_error(exc, stage)
 
 
 class BatchScorer(BatchCodec):
     """:class:`BatchCodec` with a predictor: ``score(records)`` does the whole micro-batch."""
 
     def __init__(self, questionnaire: Questionnaire, features_spec: FeatureSpec, predictor: Predictor,
-                 feature_client: FeatureClient | None, threshold: float = 0.5, **options):
+                 feature_client: FeatureClient | None, scoring: ScoringConfig = ScoringConfig(threshold=0.5),
+                 **options):
         options.setdefault("stored_version", getattr(predictor, "stored_version", None))
-        super().__init__(questionnaire, features_spec, feature_client, threshold, **options)
+        super().__init__(questionnaire, features_spec, feature_client, scoring, **options)
         assert predictor is not None, "a BatchScorer scores: give it a predictor (BatchCodec has none)"
         self.predictor = predictor
 

@@ -5,6 +5,7 @@ computes in another thread (what the Serve handle does, without Ray)."""
 
 from __future__ import annotations
 
+import json
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -21,6 +22,25 @@ from streaming.events import dlq_headers
 from streaming.loop import LoopOptions, Stopper, score_stream
 from streaming.scoring import BatchScorer, Record, ScoredBatch
 from streaming.sinks import OutputsNotAcknowledged
+
+
+def hostile_text_events(event: bytes) -> list[tuple[bytes, str]]:
+    """Variants of a valid input event that are legal JSON but not legal text, each with the field
+    the scorer must name: a lone UTF-16 surrogate escape (``\\ud800``) as the user id, the session
+    id (and so the event id, which equals it: the first of the two is named), a question id and an
+    option id; a NUL in the user id. Written as ASCII JSON, so the escapes stay escapes."""
+    chosen = next(i for i, a in enumerate(json.loads(event)["answers"]) if a["option_ids"])
+    cases = [(lambda b: b.update(user_id="\ud800"), "user_id"),
+             (lambda b: b.update(event_id="\ud800", session_id="\ud800"), "event_id"),
+             (lambda b: b["answers"][0].update(question_id="\ud800"), "answers[0].question_id"),
+             (lambda b: b["answers"][chosen]["option_ids"].__setitem__(0, "\ud800"), f"answers[{chosen}].option_ids[0]"),
+             (lambda b: b.update(user_id="u\x001"), "user_id")]
+    variants = []
+    for mutate, where in cases:
+        body = json.loads(event)
+        mutate(body)
+        variants.append((json.dumps(body).encode(), where))
+    return variants
 
 
 def memory_source(values: list[tuple[bytes, bytes]], partitions: int = 1, topic: str = INPUT_TOPIC) -> list[Record]:

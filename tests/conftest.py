@@ -7,6 +7,8 @@ import os
 
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
+
 
 from devtools.broker import launch_broker
 from lantern.dataset.io import save_dataset
@@ -23,6 +25,15 @@ RAY_FOLDERS = ("ray_jobs", "lantern")
 # the handle's reports from a pytest process (output captured) often never reached the controller,
 # so tests/ray_jobs/test_autoscaling.py saw no scale-up in 3 of 8 runs. Set before anything imports Ray.
 os.environ.setdefault("RAY_SERVE_COLLECT_AUTOSCALING_METRICS_ON_HANDLE", "0")
+
+
+# Property-based tests (tests/streaming/test_fuzz.py): a fixed-seed sample in `make test` ("ci"),
+# a long random run on demand (HYPOTHESIS_PROFILE=fuzz); no example database written to the tree
+_QUIET = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
+settings.register_profile("ci", max_examples=150, deadline=None, derandomize=True, database=None,
+                          suppress_health_check=_QUIET)
+settings.register_profile("fuzz", max_examples=20_000, deadline=None, database=None, suppress_health_check=_QUIET)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(scope="session")

@@ -23,6 +23,7 @@ from lantern.errors import ConfigError
 from lantern.settings.features import FeatureStoreConfig
 from lantern.settings.kafka import KafkaConfig
 from lantern.settings.model import TrainConfig
+from lantern.settings.scoring import ScoringConfig
 from lantern.settings.serve import RetrainConfig, ServeConfig
 
 
@@ -43,7 +44,6 @@ class DemoConfig(BaseModel):
     rate: float = Field(800.0, gt=0)  # completion events per second offered to the stream
     bad_events: int = Field(100, ge=0)  # broken events mixed in: each must reach the DLQ
     consumers: int = Field(1, ge=1)  # StreamConsumer replicas (≤ kafka.partitions)
-    threshold: float | None = Field(None, ge=0, le=1)  # multi-select; None = the model's tuned one
     feature_ttl_days: float = Field(365.0, gt=0)  # the simulated external rows are up to ~6 months old
 
 
@@ -64,6 +64,7 @@ class LanternSettings(BaseSettings):
     train: TrainConfig = TrainConfig()
     features: FeatureStoreConfig = FeatureStoreConfig()
     kafka: KafkaConfig = KafkaConfig()
+    scoring: ScoringConfig = ScoringConfig()
     serve: ServeConfig = ServeConfig()
     retrain: RetrainConfig = RetrainConfig()
     demo: DemoConfig = DemoConfig()

@@ -16,6 +16,7 @@ from app.cli import app as cli_app
 from lantern.settings import load_settings
 from lantern.settings.features import PACKAGE_REPO, FeatureStoreConfig
 from lantern.settings.kafka import DLQ_TOPIC, INPUT_TOPIC, SCORES_TOPIC, KafkaConfig
+from lantern.settings.scoring import ScoringConfig
 from lantern.settings.serve import ServeConfig
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -76,8 +77,9 @@ def test_scorer_app_args_and_user_config_match_the_code(apps):
     scorer = apps["lantern"]
     args = dict(scorer["args"])
     FeatureStoreConfig(**args.pop("features"))  # every key a FeatureStoreConfig field
-    assert "threshold" not in args  # each version's tuned threshold, not one pinned for all
-    assert 0 <= float(args.pop("abstain_below")) < 1
+    scoring = ScoringConfig(**args.pop("scoring"))  # every key a ScoringConfig field
+    assert scoring.threshold is None  # each version's tuned threshold, not one pinned for all
+    assert 0 <= scoring.abstain_below < 1 and scoring.max_clock_skew_s > 0
     assert set(args) <= {f.name for f in fields(ServeConfig)}
     (dep,) = scorer["deployments"]
     user_config = dep["user_config"]

@@ -19,6 +19,7 @@ from model.inference import InProcessPredictor
 from model.registry import Registry
 from streaming.events import decode_probabilities, sessions_to_events
 from streaming.scoring import BatchScorer, Record
+from streaming.testing import hostile_text_events
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +71,10 @@ def _http(cfg, path, body=None, content_type="application/json"):
         with urllib.request.urlopen(req, timeout=30) as resp:
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
+        assert err.headers["Content-Type"] == "application/problem+json"  # RFC 9457
+        body = json.loads(err.read())
+        assert body["status"] == err.code and body["type"] == f"urn:lantern:problem:{body['class']}"
+        return err.code, body
 
 
 def test_http_score_health_and_bad_input(served, recent_ds):
@@ -80,8 +84,12 @@ def test_http_score_health_and_bad_input(served, recent_ds):
     assert status == 200 and body["session_id"] == recent_ds.sessions.column("session_id")[5].as_py()
     assert body["model_version"] == "v0001" and len(decode_probabilities(body["probabilities_f32"])) > 0
     status, body = _http(cfg, "/score", b'{"schema_version": 1, "session_id": 3}')
-    assert status == 400 and body["error"] and body["reason"]
+    assert status == 400 and body["class"] == "wrong_types" and body["detail"] and body["field"] == "event_id"
     assert _http(cfg, "/healthz") == (200, {"status": "ok", "model_version": "v0001", "device": "cpu"})
+
+
+def _with(raw: bytes, **fields) -> bytes:
+    return json.dumps({**json.loads(raw), **fields}).encode()
 
 
 def test_hostile_http_input_gets_4xx_with_a_reason_and_the_replica_stays_healthy(served, recent_ds):
@@ -89,11 +97,16 @@ def test_hostile_http_input_gets_4xx_with_a_reason_and_the_replica_stays_healthy
     _, event = sessions_to_events(recent_ds.sessions.slice(6, 1))[0]
     assert _http(cfg, "/score", b"x" * 2_000_000)[0] == 413  # refused on its declared length
     status, body = _http(cfg, "/score", event, content_type="text/plain")
-    assert status == 415 and "application/json" in body["reason"]
+    assert status == 415 and "application/json" in body["detail"]
     status, body = _http(cfg, "/score", b"[" * 50_000)  # deep nesting within the size limit
-    assert status == 400 and body["error"] == "bad_json"
+    assert status == 400 and body["class"] == "bad_json"
     status, body = _http(cfg, "/score", b"\xff\xfe{}")
-    assert status == 400 and body["error"] == "bad_json"
+    assert status == 400 and body["class"] == "bad_json"
+    for raw, field in hostile_text_events(event):  # legal JSON, not legal text: never a 500
+        status, body = _http(cfg, "/score", raw)
+        assert (status, body["class"], body["field"]) == (400, "bad_text", field), body
+    status, body = _http(cfg, "/score", _with(event, completed_at="9999-12-31T23:59:59Z"))
+    assert (status, body["class"], body["field"]) == (400, "future_time", "completed_at")
     assert _http(cfg, "/score", event)[0] == 200  # and it still scores
     assert _http(cfg, "/healthz")[0] == 200
 

@@ -20,6 +20,7 @@ from streaming.events import (
     score_bytes,
     sessions_to_events,
 )
+from streaming.testing import hostile_text_events
 
 
 @pytest.fixture(scope="module")
@@ -118,6 +119,15 @@ def _variants(raw: bytes) -> list[bytes]:
             text.replace('"schema_version":1', '"schema_version":1e0').encode(),
             text.replace("Z", "+02:00", 1).encode(), text.replace("Z", "", 1).encode(),
             raw.replace(b",", b" , "), text.encode("utf-16"), b"null", b"[]", b"{}"]
+    out += [v for v, _ in hostile_text_events(raw)]  # legal JSON, not legal text
+    out += [text.replace('{', '{"note\\udfff":"x",', 1).encode(),  # a key, of a field nobody reads
+            text.replace('{', '{"note":["\\ud83d\\ude00", "\\udc00"],', 1).encode(),  # a pair is text, one alone not
+            text.replace('"user_id":"', '"user_id":"\\u0085', 1).encode(),  # a C1 control, escaped
+            text.replace('"user_id":"', '"user_id":"\u0085', 1).encode(),  # ... and raw (valid UTF-8)
+            text.replace('"user_id":"', '"user_id":"\u00e9\u20ac', 1).encode()]  # printable non-ASCII: fine
+    for when in ("9999-12-31T23:59:59Z", "0001-01-01T00:00:00+05:00", "9999-12-31T23:30:00-01:00",
+                 "2026-11-30T12:10:00Z", "2026-11-30T12:20:00Z", "1900-01-01T00:00:00Z"):
+        out.append(json.dumps({**body, "completed_at": when}).encode())
     return out
 
 
@@ -127,13 +137,63 @@ def test_the_typed_decoder_answers_exactly_as_the_reference_parser(small_ds, eve
     q, checked = small_ds.questionnaire, 0
     for _, raw in events[:40]:
         for variant in _variants(raw):
-            assert parse_event(variant, q) == parse_event_untyped(variant, q), variant[:200]
+            assert parse_event(variant, q, not_after=NOT_AFTER) == parse_event_untyped(variant, q, not_after=NOT_AFTER), \
+                variant[:200]
             checked += 1
-    valid = sum(isinstance(parse_event(v, q), SessionEvent) for v in _variants(events[0][1]))
-    kinds = {getattr(parse_event(v, q), "kind", "ok") for _, raw in events[:40] for v in _variants(raw)}
+    valid = sum(isinstance(parse_event(v, q, not_after=NOT_AFTER), SessionEvent) for v in _variants(events[0][1]))
+    kinds = {getattr(parse_event(v, q, not_after=NOT_AFTER), "kind", "ok") for _, raw in events[:40]
+             for v in _variants(raw)}
     assert checked > 5000 and valid > 5 and {"ok", "routing", "single_select", "unknown_option", "duplicate_answer",
                                                "repeated_option", "unknown_question", "empty_answers", "bad_json",
-                                               "wrong_types", "unknown_schema_version"} <= kinds
+                                               "bad_text", "wrong_types", "future_time",
+                                               "unknown_schema_version"} <= kinds
+
+
+#: the scorer's clock plus its skew, for the tests that pass one
+NOT_AFTER = datetime(2026, 11, 30, 12, 15, tzinfo=timezone.utc)
+
+
+def test_text_that_is_not_unicode_is_refused_with_the_field_it_is_in(small_ds, events):
+    """Lone UTF-16 surrogates (legal JSON escapes, not legal strings) and control characters in
+    ids are ``bad_text``; every message and DLQ header built from them encodes as UTF-8."""
+    q = small_ds.questionnaire
+    variants = hostile_text_events(events[0][1])
+    assert len(variants) == 5
+    for raw, field in variants:
+        got = parse_event(raw, q)
+        assert (got.kind, got.field) == ("bad_text", field), got
+        got.message.encode("utf-8")  # no surrogate leaked into the reason
+        assert all(isinstance(v, bytes) for _, v in dlq_headers(got, "in", 0, 1))
+    emoji = _mutate(events[0][1], lambda b: b.update(user_id="u-\U0001f600-é"))  # astral and accented: text
+    assert isinstance(parse_event(emoji, q), SessionEvent)
+    c1 = _mutate(events[0][1], lambda b: b["answers"][0].update(question_id="q\x85"))
+    assert (parse_event(c1, q).kind, parse_event(c1, q).field) == ("bad_text", "answers[0].question_id")
+
+
+def test_completion_times_past_the_clock_skew_or_outside_utc_years_are_refused(small_ds, events):
+    q = small_ds.questionnaire
+    at = lambda when: _mutate(events[0][1], lambda b: b.update(completed_at=when))  # noqa: E731
+    future = parse_event(at("9999-12-31T23:59:59Z"), q, not_after=NOT_AFTER)
+    assert (future.kind, future.field) == ("future_time", "completed_at") and "days past" in future.message
+    assert isinstance(parse_event(at("2026-11-30T12:14:59Z"), q, not_after=NOT_AFTER), SessionEvent)
+    assert parse_event(at("2026-11-30T12:15:01Z"), q, not_after=NOT_AFTER).kind == "future_time"
+    old = parse_event(at("1900-01-01T00:00:00Z"), q, not_after=NOT_AFTER)  # old: accepted (backfills, replays)
+    assert isinstance(old, SessionEvent) and old.completed_at.year == 1900
+    for edge in ("0001-01-01T00:00:00+05:00", "9999-12-31T23:30:00-01:00"):  # no UTC time: not a crash
+        got = parse_event(at(edge), q)
+        assert (got.kind, got.field) == ("wrong_types", "completed_at"), got
+    ahead = parse_event(at("2026-11-30T14:15:00+02:00"), q, not_after=NOT_AFTER)  # 12:15 UTC: compared in UTC
+    assert isinstance(ahead, SessionEvent) and ahead.completed_at.tzinfo == timezone.utc
+
+
+def test_an_internal_errors_headers_carry_the_exception(small_ds):
+    from streaming.events import internal_error
+
+    error = internal_error(KeyError("\ud800"), "format")
+    headers = dict(dlq_headers(error, "in", 2, 9))
+    assert headers["lantern.error.class"] == b"internal" and headers["lantern.error.exception"] == b"KeyError"
+    assert headers["lantern.error.message"].startswith(b"format: KeyError: ")
+    assert b"\\ud800" in headers["lantern.error.message"]  # escaped, not refused
 
 
 def test_scores_carry_exact_float32_probabilities(small_ds, events):
@@ -203,7 +263,9 @@ def test_the_documented_schemas_match_what_the_code_reads_and_writes(small_ds, e
     for gate in (0.3, None):  # a number, or null where the gate does not apply
         jsonschema.validate(json.loads(score_bytes(event, probs, q, "v1", 0.4, ["engagement"], gate, now)), scores)
     body = json.loads(events[0][1])
-    for bad in ({**body, "schema_version": True}, {**body, "answers": "x"}, {k: v for k, v in body.items() if k != "user_id"}):
+    hostile = [json.loads(raw) for raw, _ in hostile_text_events(events[0][1])]
+    for bad in [{**body, "schema_version": True}, {**body, "answers": "x"},
+                {k: v for k, v in body.items() if k != "user_id"}] + hostile:
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate(bad, inputs)
         assert isinstance(parse_event(json.dumps(bad).encode(), q), EventError)  # the code refuses it too

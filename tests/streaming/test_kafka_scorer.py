@@ -5,12 +5,14 @@ the same guarantees when the loop pipelines two batches through a remote-style s
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -204,3 +206,43 @@ def test_sigterm_drains_commits_and_a_restart_makes_no_duplicates(small_ds, brok
     assert drained + rest.consumed == 300  # nothing redelivered: the drained batches were committed
     ids = [json.loads(r.value)["session_id"] for r in read_all(broker.bootstrap, cfg.scores_topic, 300)]
     assert len(ids) == len(set(ids)) == 300
+
+
+def test_lantern_score_scores_twenty_and_dead_letters_the_one_that_is_not_text(small_ds, broker, scorer, tmp_path):
+    """The reported outage, as a user met it: kafka-python produces 20 valid completions and one
+    whose id is a lone surrogate escape (or holds a NUL) to the broker; `lantern score
+    --no-features --max-events 21` exits 0 having scored 20 and dead-lettered 1 with its class
+    and field, and the group's committed offsets are the log ends (nothing stalls). One process
+    per variant — user id, session id, question id, option id, NUL — run side by side."""
+    from kafka.structs import TopicPartition
+
+    from streaming.partitions import log_ends
+    from streaming.testing import hostile_text_events
+
+    model_dir = save_model(tmp_path / "m", scorer.predictor.model, scorer.spec, small_ds.questionnaire, {})
+    events = sessions_to_events(small_ds.sessions.slice(0, 20))
+    runs = []
+    for bad, field in hostile_text_events(events[0][1]):
+        cfg = topics(broker)
+        replay(cfg, events[:10] + [(events[0][0], bad)] + events[10:], progress=False)
+        env = {**os.environ, "LANTERN_KAFKA__INPUT_TOPIC": cfg.input_topic,
+               "LANTERN_KAFKA__SCORES_TOPIC": cfg.scores_topic, "LANTERN_KAFKA__DLQ_TOPIC": cfg.dlq_topic,
+               "LANTERN_KAFKA__GROUP_ID": cfg.group_id, "LANTERN_THREADS": "1"}
+        command = [str(Path(sys.executable).with_name("lantern")), "score", "--model",
+                   str(model_dir), "--no-features", "--max-events", "21", "--bootstrap", broker.bootstrap]
+        runs.append((cfg, bad, field, subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
+                                                        stderr=subprocess.STDOUT, text=True)))
+    for cfg, bad, field, proc in runs:
+        output = proc.communicate(timeout=180)[0]
+        assert proc.returncode == 0, output[-3000:]
+        assert "consumed 21, scored 20, dead-lettered 1" in output, output[-3000:]
+        assert len(read_all(broker.bootstrap, cfg.scores_topic, 20)) == 20
+        (dead,) = read_all(broker.bootstrap, cfg.dlq_topic, 1)
+        headers = dict(dead.headers)
+        assert dead.value == bad and headers["lantern.error.class"] == b"bad_text", headers
+        assert headers["lantern.error.field"] == field.encode()
+        probe = KafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=cfg.group_id, enable_auto_commit=False)
+        parts = [TopicPartition(cfg.input_topic, p) for p in sorted(probe.partitions_for_topic(cfg.input_topic))]
+        ends = log_ends(probe, parts)
+        assert {tp: probe.committed(tp) for tp in parts} == {tp: end or None for tp, end in ends.items()}
+        probe.close()

@@ -98,26 +98,33 @@ def test_a_users_sessions_on_two_partitions_end_as_the_latest_completion(broker,
     assert latest_scores(store, [user])["session_id"] == ["newer"]
 
 
-def test_replaying_from_earliest_reproduces_the_outputs_and_the_feast_state(broker, sqlite_store, recent_ds,  # noqa: F811
-                                                                             model_dirs):  # noqa: F811
-    import json
-    from dataclasses import replace
-
+def _online_scorer(broker, store, model_dir):
+    """A scorer of ``model_dir`` over the online store, and fresh topics on ``broker``."""
     from features.lookup import OnlineLookup
     from model.checkpoint import load_model
     from model.inference import InProcessPredictor
-    from streaming.events import decode_probabilities, sessions_to_events
-    from streaming.kafka_io import KafkaScorer, replay
     from streaming.scoring import BatchScorer
-    from tests.streaming.test_kafka_scorer import read_all
 
-    store, _ = sqlite_store
-    loaded = load_model(model_dirs[0][0])
+    loaded = load_model(model_dir)
     scorer = BatchScorer(loaded.questionnaire, loaded.features, InProcessPredictor(loaded.model, "v1"),
                          OnlineLookup(store))
     tag = uuid.uuid4().hex[:8]
     cfg = KafkaConfig(bootstrap=broker.bootstrap, input_topic=f"in-{tag}", scores_topic=f"scores-{tag}",
                       dlq_topic=f"dlq-{tag}", group_id=f"scorer-{tag}", max_poll_records=50)
+    return scorer, cfg, tag
+
+
+def test_replaying_from_earliest_reproduces_the_outputs_and_the_feast_state(broker, sqlite_store, recent_ds,  # noqa: F811
+                                                                             model_dirs):  # noqa: F811
+    import json
+    from dataclasses import replace
+
+    from streaming.events import decode_probabilities, sessions_to_events
+    from streaming.kafka_io import KafkaScorer, replay
+    from tests.streaming.test_kafka_scorer import read_all
+
+    store, _ = sqlite_store
+    scorer, cfg, tag = _online_scorer(broker, store, model_dirs[0][0])
     sessions = recent_ds.sessions.slice(0, 200)
     users = sorted(set(sessions.column("user_id").to_pylist()))
     replay(cfg, sessions_to_events(sessions), progress=False)
@@ -146,3 +153,31 @@ def test_replaying_from_earliest_reproduces_the_outputs_and_the_feast_state(brok
         by_session.setdefault(o["session_id"], []).append(decode_probabilities(o["probabilities_f32"]))
     assert set(by_session) == set(sessions.column("session_id").to_pylist())  # deduplicated: the same set
     assert all(len(v) == 2 and np.allclose(v[0], v[1], atol=1e-5) for v in by_session.values())
+
+
+def test_a_session_dated_9999_is_refused_and_the_served_score_stays_the_latest_real_one(broker, sqlite_store,  # noqa: F811
+                                                                                        recent_ds, model_dirs):  # noqa: F811
+    """One event from a client whose clock is broken must not pin a user's served score: the
+    scorer refuses it (``future_time``, to the DLQ) and Feast keeps the user's latest real session."""
+    import json
+
+    from streaming.events import sessions_to_events
+    from streaming.kafka_io import KafkaScorer, replay
+    from tests.streaming.test_kafka_scorer import read_all
+
+    store, _ = sqlite_store
+    scorer, cfg, tag = _online_scorer(broker, store, model_dirs[0][0])
+    (key, real), = sessions_to_events(recent_ds.sessions.slice(0, 1))
+    body = json.loads(real)
+    user = f"clock-{tag}"
+    events = [(user.encode(), json.dumps({**body, "user_id": user, "session_id": sid, "event_id": sid,
+                                          "completed_at": when}).encode())
+              for sid, when in ((f"{tag}-old", "2026-01-02T00:00:00Z"), (f"{tag}-real", body["completed_at"]),
+                                (f"{tag}-9999", "9999-12-31T23:59:59Z"))]
+    replay(cfg, events, progress=False)
+    stats = KafkaScorer(scorer, cfg, max_events=3, idle_exit_s=15).run()
+    assert (stats.scored, stats.dead_lettered) == (2, 1)
+    (dead,) = read_all(broker.bootstrap, cfg.dlq_topic, 1)
+    assert dict(dead.headers)["lantern.error.class"] == b"future_time" and dead.value == events[2][1]
+    assert run_score_sink(cfg, store, Stopper(), max_events=2, idle_exit_s=15, group_id=f"sink-{tag}") == 2
+    assert latest_scores(store, [user])["session_id"] == [f"{tag}-real"]

@@ -11,12 +11,21 @@ import torch
 
 from lantern.errors import ConfigError
 from lantern.settings.kafka import DLQ_TOPIC, SCORES_TOPIC
+from lantern.settings.scoring import ScoringConfig
 from model.data import encode_sessions, to_batch
 from model.inference import InProcessPredictor, stored_version
 from model.outputs import key_probs
 from streaming.events import decode_probabilities, sessions_to_events
 from streaming.scoring import BatchScorer
-from streaming.testing import FakeFeatures, MemoryConsumer, MemorySink, ThreadScorer, memory_source, run_in_memory
+from streaming.testing import (
+    FakeFeatures,
+    MemoryConsumer,
+    MemorySink,
+    ThreadScorer,
+    hostile_text_events,
+    memory_source,
+    run_in_memory,
+)
 
 
 def _offline(small_ds, scorer, sessions):
@@ -128,8 +137,9 @@ def test_predicted_keys_follow_the_question_kind_and_the_abstain_setting(small_d
 
     q, (prep, model) = small_ds.questionnaire, trained
     records = memory_source(sessions_to_events(small_ds.sessions.slice(0, 40)), partitions=1)
-    plain = BatchScorer(q, prep.features, InProcessPredictor(model, "v1"), None, threshold=0.3)
-    wary = BatchScorer(q, prep.features, InProcessPredictor(model, "v1"), None, threshold=0.3, abstain_below=0.9)
+    plain = BatchScorer(q, prep.features, InProcessPredictor(model, "v1"), None, ScoringConfig(threshold=0.3))
+    wary = BatchScorer(q, prep.features, InProcessPredictor(model, "v1"), None,
+                       ScoringConfig(threshold=0.3, abstain_below=0.9))
     kq, single = np.asarray(q.key_question), Layout.of(q).single
     for (_, a), (_, b) in zip(plain.score(records).scores, wary.score(records).scores):
         a, b = json.loads(a), json.loads(b)
@@ -233,3 +243,99 @@ def test_stored_encodings_give_the_same_scores_and_spare_their_users_the_lookup(
         assert o["external_sources_used"] == w["external_sources_used"]
         assert (o["gate_mean"] is None) == (w["gate_mean"] is None)
         assert o["gate_mean"] is None or abs(o["gate_mean"] - w["gate_mean"]) <= 1e-5
+
+
+def test_one_malformed_event_among_twenty_is_dead_lettered_and_the_rest_scored(small_ds, scorer):
+    """The reported outage, in memory, for every hostile text variant: 20 valid events and one that
+    is legal JSON but not legal text → 20 scored, 1 dead-lettered as ``bad_text`` naming its field,
+    every partition committed to its end."""
+    events = sessions_to_events(small_ds.sessions.slice(0, 20))
+    for bad, field in hostile_text_events(events[0][1]):
+        records = memory_source(events[:7] + [(events[0][0], bad)] + events[7:], partitions=2)
+        consumer = MemoryConsumer(records, 64)
+        sink = run_in_memory(scorer, records, MemorySink(), consumer=consumer)
+        assert len(sink[SCORES_TOPIC]) == 20
+        (_, value, headers), = sink[DLQ_TOPIC]
+        headers = dict(headers)
+        assert value == bad and headers["lantern.error.class"] == b"bad_text"
+        assert headers["lantern.error.field"] == field.encode()
+        assert consumer.committed == {tp: rs[-1].offset + 1 for tp, rs in consumer.parts.items()}
+
+
+class _PoisonedFeatures(FakeFeatures):
+    """A feature client whose shaping raises for one user (a corrupt stored row, a bug)."""
+
+    def __init__(self, external, poisoned: str):
+        super().__init__(external)
+        self.poisoned = poisoned
+
+    def model_inputs(self, user_ids, spec):
+        if self.poisoned in user_ids:
+            raise ValueError(f"cannot shape the stored row of {self.poisoned}")
+        return super().model_inputs(user_ids, spec)
+
+
+def test_an_unexpected_exception_about_one_event_dead_letters_it_and_scores_the_rest(small_ds, scorer, monkeypatch):
+    """The bulkhead: a bug while parsing, shaping or formatting one event sends that event to the
+    DLQ as ``internal`` (the exception's type and message in its headers, counted in the metrics)
+    and the rest of its batch is scored equal to offline, every offset committed."""
+    import streaming.scoring as scoring
+    from prometheus_client import CollectorRegistry
+
+    from streaming.metrics import Metrics
+
+    sessions = small_ds.sessions.slice(0, 90)
+    events = sessions_to_events(sessions)
+    sids = sessions.column("session_id").to_pylist()
+    parse_bad, shape_bad, format_bad = events[5][1], sessions.column("user_id")[40].as_py(), sids[70]
+    real_parse, real_format = scoring.parse_event, scoring.score_records
+
+    def parse(raw, q, **kw):
+        if raw == parse_bad:
+            raise RuntimeError("parser bug")
+        return real_parse(raw, q, **kw)
+
+    def format_(events, *args, **kw):
+        if any(e.session_id == format_bad for e in events):
+            raise TypeError("formatter bug")
+        return real_format(events, *args, **kw)
+
+    monkeypatch.setattr(scoring, "parse_event", parse)
+    monkeypatch.setattr(scoring, "score_records", format_)
+    registry = CollectorRegistry()
+    import sys; print("DBG scoring", id(registry), file=sys.stderr)
+    metrics = Metrics.prometheus(registry)
+    bs = BatchScorer(scorer.q, scorer.spec, scorer.predictor, _PoisonedFeatures(small_ds.external, shape_bad),
+                     metrics=metrics)
+    records = memory_source(events, partitions=3)
+    consumer = MemoryConsumer(records, 32)
+    sink = run_in_memory(bs, records, MemorySink(), consumer=consumer, metrics=metrics)
+    dead = {json.loads(v)["session_id"]: dict(h) for _, v, h in sink[DLQ_TOPIC]}
+    shape_sids = [s for s, u in zip(sids, sessions.column("user_id").to_pylist()) if u == shape_bad]
+    assert set(dead) == {sids[5], sids[70], *shape_sids}
+    assert all(h["lantern.error.class"] == b"internal" for h in dead.values())
+    assert (dead[sids[5]]["lantern.error.exception"], dead[sids[70]]["lantern.error.exception"]) == (
+        b"RuntimeError", b"TypeError")
+    assert dead[sids[5]]["lantern.error.message"] == b"parse: RuntimeError: parser bug"
+    assert dead[shape_sids[0]]["lantern.error.message"].startswith(b"features: ValueError: cannot shape")
+    scored = {json.loads(v)["session_id"]: json.loads(v) for _, v, _ in sink[SCORES_TOPIC]}
+    assert len(scored) == 90 - len(dead) and not set(scored) & set(dead)
+    offline = dict(zip(sids, _offline(small_ds, scorer, sessions)))
+    for sid, o in scored.items():
+        np.testing.assert_allclose(decode_probabilities(o["probabilities_f32"]), offline[sid], atol=1e-5)
+    assert consumer.committed == {tp: rs[-1].offset + 1 for tp, rs in consumer.parts.items()}
+    assert registry.get_sample_value("lantern_events_dead_lettered_total", {"error_class": "internal"}) == len(dead)
+
+
+def test_a_failing_forward_pass_is_not_blamed_on_an_event(small_ds, scorer):
+    """What is not about one event keeps its behaviour: the model's failure stops the loop with
+    nothing dead-lettered and nothing committed (the batch is delivered again after a restart)."""
+    class Broken:
+        def predict(self, *args):
+            raise RuntimeError("CUDA error: device-side assert triggered")
+
+    records = memory_source(sessions_to_events(small_ds.sessions.slice(0, 20)))
+    consumer, sink = MemoryConsumer(records, 64), MemorySink()
+    with pytest.raises(RuntimeError, match="device-side assert"):
+        run_in_memory(BatchScorer(scorer.q, scorer.spec, Broken(), None), records, sink, consumer=consumer)
+    assert consumer.committed == {} and not sink.topics

@@ -102,3 +102,23 @@ def test_lantern_top_in_a_terminal_shows_the_numbers(endpoint):
         assert subprocess.run(["tmux", "has-session", "-t", session]).returncode == 0  # still live
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+
+
+def test_two_registries_in_one_process_keep_their_own_counts_with_feast_imported():
+    """Feast sets PROMETHEUS_MULTIPROC_DIR when imported, which would make every registry in the
+    process share values by metric name (lantern/__init__.py guards against it), and its children
+    would write into Feast's temp dir: neither happens."""
+    import os
+    import subprocess
+
+    import feast  # noqa: F401 - sets the variable in this process, as every scorer's import of it does
+
+    first, second = CollectorRegistry(), CollectorRegistry()
+    Metrics.prometheus(first).polled({"t": 5}, 5)
+    Metrics.prometheus(second).polled({"t": 7}, 7)
+    assert first.get_sample_value("lantern_events_consumed_total", {"topic": "t"}) == 5
+    assert second.get_sample_value("lantern_events_consumed_total", {"topic": "t"}) == 7
+    child = subprocess.run([sys.executable, "-c", "import lantern, os; from prometheus_client import values; "
+                            "print(values.ValueClass.__name__, os.environ.get('PROMETHEUS_MULTIPROC_DIR'))"],
+                           capture_output=True, text=True, env=os.environ, timeout=60)
+    assert child.stdout.split() == ["MutexValue", "None"], child.stdout + child.stderr
