@@ -145,16 +145,76 @@ def bench_quality(
         "reports/bench_quality.json"),
     epochs: Annotated[Optional[int], typer.Option(min=1)] = None,
     preset: Annotated[Optional[str], typer.Option()] = None,
+    placebo: Annotated[bool, typer.Option(help="Give every user's external values to another user first "
+                                               "(the context then says nothing: LANTERN must score as the survey "
+                                               "alone does).")] = False,
 ):
     """Train and evaluate every variant plus the logistic baseline on one split; print the ablation."""
     from lantern.dataset.io import load_dataset
     from lantern.dataset.oracle import Truth
+    from lantern.dataset.placebo import placebo as shuffled
     from model.ablation import print_table, run_ablation, write_result
 
     s = settings_for(ctx, paths=dict(data=data), train=dict(epochs=epochs, preset=preset))
-    result = run_ablation(load_dataset(s.paths.data), s.train, log=console.print, truth=Truth.load(s.paths.data))
+    ds = load_dataset(s.paths.data)
+    result = run_ablation(shuffled(ds) if placebo else ds, s.train, log=console.print, truth=Truth.load(s.paths.data),
+                          root=None if placebo else s.paths.data)
+    result["placebo"] = placebo
     write_result(result, json_out)
     print_table(result, out)
+    out.print(f"results in {json_out} ({result['seconds']:.0f} s)")
+
+
+@bench_app.command("robustness")
+def bench_robustness(
+    ctx: typer.Context,
+    json_out: Annotated[Path, typer.Option("--json", help="Where to write the map (the heat map beside it, .png).")] = Path(
+        "reports/bench_robustness.json"),
+    users: Annotated[int, typer.Option(min=200, help="Simulated users of every cell but the large one.")] = 5000,
+    big_users: Annotated[int, typer.Option(min=200, help="Users of the large cell.")] = 35_000,
+    cells: Annotated[Optional[str], typer.Option(help="Comma-separated cell names (default: all).")] = None,
+    epochs: Annotated[Optional[int], typer.Option(min=1)] = None,
+):
+    """Every variant's log loss relative to survey_only, with its interval, as the simulator's external
+    noise, missingness and irrelevant sources grow, under the placebo, and at two training sizes."""
+    from app.robustness_plot import robustness_heatmap
+    from model.robustness import CELLS, robustness
+
+    s = settings_for(ctx, train=dict(epochs=epochs))
+    chosen = CELLS if cells is None else [c for c in CELLS if c.name in {n.strip() for n in cells.split(",")}]
+    if not chosen:
+        raise typer.BadParameter(f"no such cells; choose among {', '.join(c.name for c in CELLS)}", param_hint="--cells")
+    result = robustness(s.train, users, big_users, chosen, log=console.print)
+    plot = robustness_heatmap(result, json_out.with_suffix(".png"))
+    result["plot"] = str(plot)
+    write_json(json_out, result, default=float)
+    out.print(f"map in {json_out}, heat map {plot} ({result['seconds']:.0f} s)")
+
+
+@bench_app.command("ceiling")
+def bench_ceiling(
+    ctx: typer.Context,
+    data: Annotated[Optional[Path], typer.Option(help="A simulated dataset directory (with truth/).")] = None,
+    json_out: Annotated[Path, typer.Option("--json", help="Where to write the results.")] = Path(
+        "reports/bench_ceiling.json"),
+    chains: Annotated[int, typer.Option(min=1, help="Markov chains per session.")] = 4,
+    burn: Annotated[int, typer.Option(min=0, help="Steps discarded first.")] = 300,
+    samples: Annotated[int, typer.Option(min=1, help="Steps kept (every third averaged).")] = 300,
+):
+    """The evidence-given Bayes oracle on bench quality's test split: the answers' posterior from the
+    visible answers alone and with the external rows. `bench quality` then reports each variant's
+    share of the log-loss gain the context can bring at best."""
+    from lantern.dataset.io import load_dataset
+    from lantern.dataset.oracle import Truth
+    from lantern.dataset.posterior import Chains
+    from model.ceiling import compute_ceiling
+
+    s = settings_for(ctx, paths=dict(data=data))
+    result = compute_ceiling(s.paths.data, load_dataset(s.paths.data), Truth.load(s.paths.data), s.train,
+                             Chains(chains, burn, samples), log=console.print)
+    write_json(json_out, result, default=float)
+    for name, r in result["models"].items():
+        out.print(f"{name:>17}: log loss {r['log_loss']:.4f}, rare keys {r['rare_log_loss']:.4f}")
     out.print(f"results in {json_out} ({result['seconds']:.0f} s)")
 
 

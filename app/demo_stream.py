@@ -197,7 +197,8 @@ def stream(cfg: KafkaConfig, events: list[tuple[bytes, bytes]], ids: list, store
         sink.join(timeout=30)
     seconds = time.perf_counter() - t0
     scored = pd.concat(frames, ignore_index=True).drop_duplicates("session_id", keep="first") if frames else \
-        pd.DataFrame(columns=["session_id", "user_id", "produced_ms", "gate_mean", "degraded", "sources_used"])
+        pd.DataFrame(columns=["session_id", "user_id", "completed_at", "produced_ms", "gate_mean", "degraded",
+                              "sources_used"])
     sent_by_id = pd.Series([ms for ms, sid in zip(sent, ids) if sid is not None],
                            index=[sid for sid in ids if sid is not None])
     scored["sent_ms"] = sent_by_id.reindex(scored["session_id"]).to_numpy()
@@ -224,11 +225,13 @@ def _wait_scored(frames: list[pd.DataFrame], want: int, wait_s: float) -> None:
 
 
 def check_feast(store, scored: pd.DataFrame, sample: int = 50, seed: int = 0) -> dict:
-    """Read a sample of users' latest scores back from the online store; each must be the last
-    score the stream produced for that user."""
+    """Read a sample of users' latest scores back from the online store; each must be the score of
+    that user's latest completed session (the sink's rule; not the last produced: one micro-batch
+    gives a user's two sessions the same produce time)."""
     from features.store import latest_scores
+    from streaming.score_sink import latest_per_user
 
-    last = scored.sort_values("produced_ms").drop_duplicates("user_id", keep="last").set_index("user_id")
+    last = latest_per_user(scored).set_index("user_id")
     users = list(np.random.default_rng(seed).choice(last.index.to_numpy(), size=min(sample, len(last)),
                                                     replace=False))
     online = latest_scores(store, users)

@@ -35,9 +35,15 @@ POOL_MIN_ROWS = 50_000
 
 
 def run_ablation(ds: Dataset, tc: TrainConfig, variants=ABLATION, progress: bool = True, log=print,
-                 truth=None, workers: int | None = None) -> dict:
+                 truth=None, workers: int | None = None, root: str | Path | None = None) -> dict:
+    """``root``: the dataset's directory, where `lantern bench ceiling` may have left the
+    evidence-given posteriors of this very split (then each variant's share of them is reported)."""
+    from model.ceiling import load_ceiling
+
     t0 = time.perf_counter()
-    result = ablate(prepare(ds, tc), ds, tc, variants, progress=progress, log=log, truth=truth, workers=workers)
+    prep = prepare(ds, tc)
+    ceiling = load_ceiling(root, ds, prep, tc) if root is not None and truth is not None else None
+    result = ablate(prep, ds, tc, variants, progress=progress, log=log, truth=truth, workers=workers, ceiling=ceiling)
     result["seconds"] = time.perf_counter() - t0
     return result
 
@@ -103,7 +109,7 @@ def fit_variants(prep: Prepared, tc: TrainConfig, variants, workers: int | None 
 
 
 def ablate(prep: Prepared, ds: Dataset, tc: TrainConfig, variants=ABLATION, trained: dict | None = None,
-           progress: bool = True, log=print, truth=None, workers: int | None = None) -> dict:
+           progress: bool = True, log=print, truth=None, workers: int | None = None, ceiling: dict | None = None) -> dict:
     """Every variant on one prepared split. ``trained``: variant → (model, training history) already
     fitted on this split elsewhere (e.g. by Ray Train); the others are fitted here (``workers`` at a
     time). ``truth`` (simulated data): the Bayes oracle as a row, and the never-presented questions
@@ -139,6 +145,9 @@ def ablate(prep: Prepared, ds: Dataset, tc: TrainConfig, variants=ABLATION, trai
         threshold = tune_multi_threshold(val_oracle, prep.val.y, prep.val.loss_mask, layout)
         for task_name, task in tasks.items():
             _store(results[ORACLE], task_name, task.add(ORACLE, truth.oracle[prep.test_idx], threshold, prep, layout))
+    for name, probs in (ceiling or {}).items():  # the evidence-given posteriors (model.ceiling), hidden task only
+        threshold = tasks["hidden"].thresholds.get("lantern", ref_threshold)  # none tuned for it: LANTERN's
+        results[name] = {"variant": name, **tasks["hidden"].add(name, probs, threshold, prep, layout)}
     hs = prep.test
     out = {
         "dataset": {"sessions": ds.sessions.num_rows, "questions": len(ds.questionnaire.questions),
@@ -148,10 +157,16 @@ def ablate(prep: Prepared, ds: Dataset, tc: TrainConfig, variants=ABLATION, trai
         "config": {k: v for k, v in tc.__dict__.items() if k != "variant"},
         "variants": results,
         "comparisons": {name: compare(task, prep, layout) for name, task in tasks.items()},
+        # every model against the survey alone (X − survey_only): where context helps, and where it hurts
+        "versus_survey": {name: versus_survey(task, prep, layout) for name, task in tasks.items()},
         "seconds": time.perf_counter() - t0,
     }
     if truth is not None:
         out["oracle_gap_closed"] = gap_closed(results)
+    if ceiling:
+        from model.ceiling import achievable_share
+
+        out["achievable_share"] = achievable_share(results)
     return out
 
 
@@ -193,6 +208,18 @@ def compare(task: _Scored, prep: Prepared, layout: Layout, focus: str = "lantern
                                              weights[:AUC_REPS])
         out[f"{focus} - {other}"] = diff
     return out
+
+
+def versus_survey(task: _Scored, prep: Prepared, layout: Layout) -> dict:
+    """Every other model − survey_only on one task (paired), as ``compare`` gives LANTERN − X."""
+    if "survey_only" not in task.probs:
+        return {}
+    hs = task.hs
+    weights = resamples(len(hs.y), BOOTSTRAP_REPS, seed=0)
+    base = row_stats(task.probs["survey_only"], hs.y, hs.loss_mask, layout, task.thresholds["survey_only"], prep.rare)
+    return {name: paired_difference(row_stats(p, hs.y, hs.loss_mask, layout, task.thresholds[name], prep.rare),
+                                    base, weights)
+            for name, p in task.probs.items() if name != "survey_only"}
 
 
 def _cell(d: dict) -> str:

@@ -93,7 +93,7 @@ def question_parents(q: Questionnaire) -> np.ndarray:
     return np.array([q.question_index[x.condition.question_id] if x.condition else -1 for x in q.questions])
 
 
-def hide_questions(q_idx: np.ndarray, sel: np.ndarray, key_question: np.ndarray, frac: float,
+def hide_questions(q_idx: np.ndarray, sel: np.ndarray, key_question: np.ndarray, frac: float | np.ndarray,
                    rng: np.random.Generator, parent: np.ndarray | None = None):
     """Masked-response modelling: hide ``frac`` of each session's answered questions (≥ 1), and
     with each hidden question every follow-up routed on it (``parent``), so that no visible
@@ -101,6 +101,7 @@ def hide_questions(q_idx: np.ndarray, sel: np.ndarray, key_question: np.ndarray,
 
     Returns the visible ``q_idx``/``sel`` and the loss mask (B, K) over the keys of the hidden
     questions that were answered (a presented but skipped follow-up is hidden, never scored).
+    ``frac`` may be per row, (B, 1): 1.0 hides a whole session.
     """
     answered = (q_idx > 0) & (sel > 0).any(-1)  # (B, T)
     r = rng.random(q_idx.shape)

@@ -55,6 +55,12 @@ class LanternConfig:
     wide: bool = True  # add the logistic (linear) path to the logits
     gate_bias: float = -2.0  # the gate's initial bias: external context earns its way in
     question_readout: bool = False  # a query per question over every token, beside the mean-pool head
+    readout_external: bool = True  # the readout attends over the external tokens too (not only the fused ones)
+    external_readout: bool = False  # a readout of its own over the external tokens (a query per question)
+    # the output gate (lantern): per question z_s + β_f ⊙ (z − z_s) + β_e ⊙ (z_e − z_s), β fitted on
+    # validation data after training (model.floor): the survey's answer where the context does not
+    # help a question, the context's where the survey knows little
+    output_gate: bool = False
     key_question: tuple[int, ...] = ()  # (K,) question of every response key; () = a sigmoid per key
     single_select: tuple[bool, ...] = ()  # (Q,) True = one option per question (softmax)
 
@@ -292,8 +298,15 @@ class Lantern(nn.Module):
         if cfg.question_readout:
             assert cfg.key_question, "the question readout needs the key → question layout"
             self.readout = QuestionReadout(cfg)
+            if cfg.external_readout and cfg.variant in ENCODES_EXTERNAL:
+                self.readout_ext = QuestionReadout(cfg)
         if cfg.wide:  # the survey part unless the variant ignores the survey; the external part unless it has none
             self.wide = Wide(cfg, survey=cfg.variant != "external_only", external=uses_external)
+        if cfg.output_gate and cfg.variant == "lantern":
+            assert cfg.key_question, "the output gate is per question: it needs the key → question layout"
+            self.register_buffer("output_beta", torch.ones(cfg.n_questions))  # (Q,) β_f: 1 = the fused answer as is
+            self.register_buffer("output_beta_ext", torch.zeros(cfg.n_questions))  # (Q,) β_e: the context alone
+            self.register_buffer("key_q", torch.as_tensor(cfg.key_question, dtype=torch.long), persistent=False)
 
     def _encode_survey(self, x, mask):
         for blk in self.survey_blocks:
@@ -322,43 +335,82 @@ class Lantern(nn.Module):
         variant, aux = self.cfg.variant, {}
         q_idx = torch.zeros_like(batch.q_idx) if variant == "external_only" else batch.q_idx
         sel = batch.sel * ((q_idx > 0)[..., None] & (batch.sel < n_inputs(self.cfg)))  # (B, T, M)
+        if variant in ENCODES_EXTERNAL and not survey_only_path:
+            external = external if external is not None else self.encode_external(batch.sources)
+        else:
+            external = None
+        weights = return_aux and aux_attention
+        logits = self._logits(q_idx, sel, batch, external, aux if return_aux else None, weights, survey_only_path)
+        if external is not None and hasattr(self, "output_beta") and not self.training:
+            logits = self._output_gate(logits, q_idx, sel, batch, external)
+        return (logits, aux) if return_aux else logits
+
+    def _logits(self, q_idx, sel, batch: Batch, external: ExternalEncoding | None, aux: dict | None = None,
+                weights: bool = False, survey_only_path: bool = False) -> torch.Tensor:
+        """Survey tokens → encoder → fusion with the external encoding (when given) → logits (B, K)."""
+        variant = self.cfg.variant
         x, mask_s = self.survey_tokens(q_idx, sel)  # (B, 1+T, D)
         if variant == "early_fusion":
             toks = [tok(s) for tok, s in zip(self.source_tokens, batch.sources)]
             x = torch.cat([x] + [t for t, _ in toks], 1)
             mask_s = torch.cat([mask_s] + [m for _, m in toks], 1)
         h = self._encode_survey(x, mask_s)  # (B, Tq, D)
-        uses_encoding = variant in ENCODES_EXTERNAL and not survey_only_path
-        if uses_encoding:
-            external = external if external is not None else self.encode_external(batch.sources)
+        if external is not None:
             has_ext = external.mask.any(-1)[:, None, None]  # (B, 1, 1)
-            weights = return_aux and aux_attention
             h_t, att = self.cross(h, external.tokens, _attendable(external.mask), need_weights=weights)  # (B, Tq, D)
             if variant == "lantern":
                 g = torch.sigmoid(self.gate(torch.cat([h, h_t], -1))) * has_ext  # (B, Tq, D)
                 h = torch.where(has_ext, h + g * (h_t - h), h)
             else:
                 g, h = has_ext.expand_as(h).to(h.dtype), torch.where(has_ext, h_t, h)
-            if return_aux:
+            if aux is not None:
                 aux.update(gate=g.mean(-1), attention=None if att is None else att.mean(1),
                            token_source=external.token_source, survey_mask=mask_s,
                            has_external=has_ext[:, 0, 0])
         if self.training and self.cfg.fusion_noise > 0:
             h = h + self.cfg.fusion_noise * torch.randn_like(h)
+        logits = self._readout(h, mask_s, external)  # (B, K)
+        if self.cfg.wide:
+            logits = logits + self.wide.survey_logits(q_idx, sel)
+            if external is not None:
+                logits = logits + external.wide
+            elif variant == "early_fusion" and not survey_only_path:  # its external part straight from the rows
+                logits = logits + self.wide.external_logits(batch.sources)
+        return logits
+
+    def _readout(self, h, mask_s, external: ExternalEncoding | None) -> torch.Tensor:
+        """Fused tokens (B, Tq, D) → logits (B, K): the pooled head, plus the question readout over
+        those tokens (and the external ones, masked where absent: survey-only stays exact)."""
         h = self.ln_out(self.drop(h))
         logits = self.head(_pool(h, mask_s))  # (B, K)
         if self.cfg.question_readout:
             tokens, mask = h, mask_s
-            if uses_encoding:  # the external tokens too (masked where absent: survey-only stays exact)
+            if external is not None and self.cfg.readout_external:
                 tokens, mask = torch.cat([h, external.tokens], 1), torch.cat([mask_s, external.mask], 1)
             logits = logits + self.readout(tokens, mask)
-        if self.cfg.wide:
-            logits = logits + self.wide.survey_logits(q_idx, sel)
-            if uses_encoding:
-                logits = logits + external.wide
-            elif not survey_only_path:  # early_fusion: its external part straight from the rows
-                logits = logits + self.wide.external_logits(batch.sources)
-        return (logits, aux) if return_aux else logits
+            if external is not None and hasattr(self, "readout_ext"):  # zero for a user without external tokens
+                has = external.mask.any(-1, keepdim=True)  # (B, 1)
+                logits = logits + self.readout_ext(external.tokens, external.mask) * has
+        return logits
+
+    def _output_gate(self, z, q_idx, sel, batch: Batch, external: ExternalEncoding) -> torch.Tensor:
+        """The output gate, per question (β fitted on validation data, model.floor):
+
+            z_out = z_s + β_f ⊙ (z − z_s) + β_e ⊙ (z_e − z_s)        β ≥ 0, β_f + β_e ≤ 1
+
+        z: the fused logits; z_s: the same weights with every external path closed (the survey
+        alone); z_e: the same weights with the survey closed (the context alone, what
+        ``TrainConfig.drop_survey`` trains). Users without external data keep z = z_s exactly."""
+        beta_f, beta_e = self.output_beta[self.key_q], self.output_beta_ext[self.key_q]  # (K,)
+        exporting = torch.compiler.is_exporting()  # no data-dependent branches in an exported graph
+        if not exporting and bool((beta_f == 1).all()) and not bool(beta_e.any()):
+            return z
+        z_s = self._logits(q_idx, sel, batch, None, survey_only_path=True)
+        out = z_s + beta_f * (z - z_s)
+        if exporting or bool(beta_e.any()):
+            empty_q, empty_sel = q_idx[:, :1] * 0, sel[:, :1] * 0  # (B, 1), (B, 1, M): no visible answer
+            out = out + beta_e * (self._logits(empty_q, empty_sel, batch, external) - z_s)
+        return torch.where(external.mask.any(-1, keepdim=True), out, z)
 
 
 def num_parameters(model: nn.Module) -> int:

@@ -26,8 +26,9 @@ from model.metrics import (
 )
 
 STATS = ("nll", "units", "sq_err", "entries", "correct", "single_n",
-         "tp", "n_pred", "n_true", "rare_tp", "rare_pred", "rare_true", "freq_tp", "freq_pred", "freq_true")
-BOOTSTRAP_METRICS = ("log_loss", "brier", "f1", "rare_f1", "frequent_f1", "accuracy")
+         "tp", "n_pred", "n_true", "rare_tp", "rare_pred", "rare_true", "freq_tp", "freq_pred", "freq_true",
+         "rare_nll", "rare_units")
+BOOTSTRAP_METRICS = ("log_loss", "brier", "f1", "rare_f1", "frequent_f1", "accuracy", "rare_log_loss")
 
 
 def row_stats(probs, y, mask, layout: Layout, threshold: float, rare: np.ndarray) -> np.ndarray:
@@ -41,6 +42,7 @@ def row_stats(probs, y, mask, layout: Layout, threshold: float, rare: np.ndarray
     for keys in (np.ones_like(rare), rare, ~rare):
         p, t = pred & keys[None, :], truth & keys[None, :]
         cols += [(p & t).sum(1), p.sum(1), t.sum(1)]
+    cols += [(nll * rare[None, :]).sum(1), (units * rare[None, :]).sum(1)]
     return np.stack(cols, 1).astype(np.float64)
 
 
@@ -59,6 +61,7 @@ def from_sums(s: np.ndarray) -> dict[str, np.ndarray]:
         "rare_f1": _f1(c["rare_tp"], c["rare_pred"], c["rare_true"]),
         "frequent_f1": _f1(c["freq_tp"], c["freq_pred"], c["freq_true"]),
         "accuracy": c["correct"] / np.maximum(c["single_n"], 1),
+        "rare_log_loss": c["rare_nll"] / np.maximum(c["rare_units"], 1),
     }
 
 

@@ -35,6 +35,7 @@ from model.data import (
 )
 from model.encoding import FeatureSpec
 from model.evaluate import HiddenSet, hidden_set, predict, rare_keys
+from model.floor import finish_training
 from model.inference import resolve_device
 from model.metrics import Layout, decision_f1, log_loss, tune_multi_threshold
 from model.outputs import response_loss
@@ -140,10 +141,13 @@ def train_epoch(model: nn.Module, opt, sched, data: EncodedData, key_question: n
     model.train()
     losses, s = [], data.survey
     cfg = getattr(model, "module", model).cfg  # under DDP the model is wrapped
+    modality_dropout = cfg.variant == "lantern" and (tc.drop_context or tc.drop_source or tc.drop_survey)
     for idx in length_bucketed_batches((s.q_idx > 0).sum(1), tc.batch_size, rng):
-        q_in, sel_in, mask = hide_questions(s.q_idx[idx], s.sel[idx], key_question, tc.hide_fraction, rng,
-                                           parent)
-        batch = to_batch(q_in, sel_in, [src.take(idx) for src in data.sources], device)
+        sources, frac = [src.take(idx) for src in data.sources], tc.hide_fraction
+        if modality_dropout:
+            frac = drop_modalities(sources, len(idx), tc, rng)
+        q_in, sel_in, mask = hide_questions(s.q_idx[idx], s.sel[idx], key_question, frac, rng, parent)
+        batch = to_batch(q_in, sel_in, sources, device)
         y = torch.as_tensor(s.y[idx], dtype=torch.float32, device=device)
         loss = response_loss(model(batch), y, torch.as_tensor(mask, dtype=torch.float32, device=device), cfg)
         opt.zero_grad(set_to_none=True)
@@ -155,6 +159,17 @@ def train_epoch(model: nn.Module, opt, sched, data: EncodedData, key_question: n
         if bar is not None:
             bar.update(1)
     return float(np.mean(losses))
+
+
+def drop_modalities(sources: list, n: int, tc: TrainConfig, rng: np.random.Generator) -> np.ndarray:
+    """Modality dropout for one batch (``sources`` are its own copies): rows lose every external
+    source (``drop_context``) or single sources (``drop_source``) by their presence flags, which
+    every external path of the model reads; rows with ``drop_survey`` get their whole session
+    hidden. Returns the per-row fraction of questions to hide, (n, 1)."""
+    context = rng.random(n) < tc.drop_context
+    for src in sources:
+        src.present &= ~context & (rng.random(n) >= tc.drop_source)
+    return np.where(rng.random(n) < tc.drop_survey, 1.0, tc.hide_fraction)[:, None]
 
 
 def make_optimizer(model: nn.Module, tc: TrainConfig, steps_per_epoch: int):
@@ -193,9 +208,12 @@ def fit(prep: Prepared, tc: TrainConfig, progress: bool = True,
                 break
     model.load_state_dict(stop.best_state)
     model.eval()
-    best = stop.best_row
+    best = {**stop.best_row, "epoch_val_loss": stop.best_row["val_loss"],  # the selection; then as saved:
+            **finish_training(model, prep.val, layout, device)}
     return model, {"config": asdict(tc), "history": history, "best_epoch": best["epoch"],
-                   "best_val_loss": best["val_loss"], "best_val_f1": best["val_f1"],
-                   "multi_threshold": best["multi_threshold"], "train_sessions": int(len(train)),
+                   "best_epoch_val_loss": best["epoch_val_loss"], "best_val_loss": best["val_loss"],
+                   "best_val_f1": best["val_f1"],
+                   "multi_threshold": best["multi_threshold"], "output_gate": best.get("output_gate"),
+                   "train_sessions": int(len(train)),
                    "batch_rows": run_tc.batch_size,
                    "seconds": time.perf_counter() - t0}

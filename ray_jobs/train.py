@@ -34,6 +34,7 @@ from lantern.settings.serve import RetrainConfig
 from model.checkpoint import build_model, save_model
 from model.data import model_config
 from model.evaluate import predict
+from model.floor import finish_training
 from model.metrics import Layout, decision_f1
 from model.registry import Registry
 from model.train import EarlyStopping, for_run, make_optimizer, prepare, train_epoch, validate
@@ -179,7 +180,8 @@ def retrain(ds, tc: TrainConfig, rc: RetrainConfig, sources=None, log=print, pro
     model = build_model(cfg)
     model.load_state_dict(saved["stop"].best_state)
     model.eval()
-    return RetrainResult(model, prep, saved["history"], saved["stop"].best_row, time.perf_counter() - t0)
+    best = {**saved["stop"].best_row, **finish_training(model, prep.val, Layout.of(ds.questionnaire))}
+    return RetrainResult(model, prep, saved["history"], best, time.perf_counter() - t0)
 
 
 class _EpochFeed:

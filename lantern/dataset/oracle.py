@@ -12,14 +12,15 @@ Written beside a simulated dataset under ``truth/`` (not part of the data contra
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from lantern.dataset.simulate import SUBTYPES, SimConfig, _Item, _Latents, _run, _Unasked
 
-TRUTH_DIR, TRUTH_FILE = "truth", "truth.npz"
+TRUTH_DIR, TRUTH_FILE, CONFIG_FILE = "truth", "truth.npz", "config.json"
 
 
 @dataclass(frozen=True)
@@ -27,19 +28,24 @@ class Truth:
     oracle: np.ndarray  # (S, K) float32
     unasked: np.ndarray  # (S, Q) bool
     unasked_answers: np.ndarray  # (S, K) uint8
+    config: SimConfig | None = None  # what simulated it: replays the world (lantern.dataset.posterior)
 
     def save(self, root: str | Path) -> None:
         (Path(root) / TRUTH_DIR).mkdir(parents=True, exist_ok=True)
         np.savez_compressed(Path(root) / TRUTH_DIR / TRUTH_FILE, oracle=self.oracle, unasked=self.unasked,
                             unasked_answers=self.unasked_answers)
+        if self.config is not None:
+            (Path(root) / TRUTH_DIR / CONFIG_FILE).write_text(json.dumps(asdict(self.config)))
 
     @classmethod
     def load(cls, root: str | Path) -> Truth | None:
         path = Path(root) / TRUTH_DIR / TRUTH_FILE
         if not path.exists():
             return None
+        config = Path(root) / TRUTH_DIR / CONFIG_FILE
         with np.load(path) as z:
-            return cls(z["oracle"], z["unasked"], z["unasked_answers"])
+            return cls(z["oracle"], z["unasked"], z["unasked_answers"],
+                       SimConfig(**json.loads(config.read_text())) if config.exists() else None)
 
 
 def _erf(x: np.ndarray) -> np.ndarray:
@@ -95,4 +101,4 @@ def simulate_truth(cfg: SimConfig) -> Truth:
     _, items, lat, respondent = _run(cfg, unasked)
     oracle = np.concatenate([answer_probs(item, lat, respondent) for item in items], 1).astype(np.float32)
     answers = np.concatenate(unasked.answers, 1).astype(np.uint8)
-    return Truth(oracle, np.stack(unasked.stopped, 1), answers)
+    return Truth(oracle, np.stack(unasked.stopped, 1), answers, cfg)

@@ -43,6 +43,9 @@ class SimConfig:
     skip_rate: float = 0.03  # a presented question left unanswered
     repeat_rate: float = 0.1  # users with a second session
     start: str = "2026-01-01"  # ISO date of the first completions; external rows are 1–30 days older
+    # whole sources that carry nothing about anyone's answers (`noise1`, ...: numeric, categorical
+    # and sequence columns drawn apart from the latents), beside the three informative ones
+    irrelevant_sources: int = 0
 
     def __post_init__(self):
         from datetime import date
@@ -60,6 +63,9 @@ class _Latents:
     member: np.ndarray  # (U, 5) bool
     subtype: np.ndarray  # (U, 5) int
     intensity: np.ndarray  # (U, 5)
+    # the world's parameters (the same for every user), for the evidence-given oracle
+    tie: np.ndarray | None = None  # (5, 6, 4) core traits → sub-type logits per domain
+    generic_w: np.ndarray | None = None  # (6, 20) core traits → generic purchase category logits
 
 
 def _latents(rng: np.random.Generator, users: int) -> _Latents:
@@ -70,7 +76,7 @@ def _latents(rng: np.random.Generator, users: int) -> _Latents:
     logits = np.einsum("uc,dcs->uds", core, tie)
     subtype = np.argmax(logits + rng.gumbel(size=logits.shape), axis=-1)
     intensity = rng.standard_normal((users, len(DOMAINS))) + 0.3 * propensity
-    return _Latents(core, propensity, member, subtype, intensity)
+    return _Latents(core, propensity, member, subtype, intensity, tie)
 
 
 # ---- the questionnaire -----------------------------------------------------------------------
@@ -291,7 +297,7 @@ def _engagement(rng, lat: _Latents, cfg: SimConfig) -> dict[str, np.ndarray]:
 def _transactions(rng, lat: _Latents, cfg: SimConfig) -> dict[str, list]:
     n, z = len(lat.core), lat.core
     counts = np.minimum(24, 4 + rng.poisson(8, n))
-    generic_w = rng.standard_normal((N_CORE, GENERIC_CATEGORIES)) * 0.6
+    generic_w = lat.generic_w = rng.standard_normal((N_CORE, GENERIC_CATEGORIES)) * 0.6
     total = counts.sum()
     owner = np.repeat(np.arange(n), counts)
     generic = _sample_cat(rng, z[owner] @ generic_w)
@@ -308,6 +314,18 @@ def _transactions(rng, lat: _Latents, cfg: SimConfig) -> dict[str, list]:
     return {
         "category_ids": pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(category, pa.int32())),
         "amounts": pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(amount, pa.float32())),
+    }
+
+
+def _irrelevant(rng, n: int) -> dict:
+    """A source as wide as the informative ones and as varied, about nobody's answers."""
+    counts = rng.integers(0, 16, n)
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    return {
+        **{f"metric_{j}": rng.lognormal(0, 1, n) for j in range(6)},
+        **{f"flag_{j}": rng.choice(np.array([f"v{k}" for k in range(5)]), n) for j in range(2)},
+        "event_ids": pa.ListArray.from_arrays(pa.array(offsets, pa.int32()),
+                                              pa.array(rng.integers(0, 30, counts.sum()), pa.int32())),
     }
 
 
@@ -352,4 +370,8 @@ def _run(cfg: SimConfig, unasked: _Unasked | None = None):
         "engagement": _source_table(rng, user_ids, first, _engagement(rng, lat, cfg), 0.15, cfg),
         "transactions": _source_table(rng, user_ids, first, _transactions(rng, lat, cfg), 0.22, cfg),
     }
+    noise_rng = np.random.default_rng([cfg.seed, 1])  # its own stream: the informative data stay as they were
+    for i in range(cfg.irrelevant_sources):
+        external[f"noise{i + 1}"] = _source_table(noise_rng, user_ids, first, _irrelevant(noise_rng, cfg.users), 0.15,
+                                                  cfg)
     return Dataset(questionnaire, sessions, external), items, lat, respondent

@@ -8,8 +8,10 @@ VARIANTS = ("survey_only", "external_only", "early_fusion", "lantern")
 BASELINES = ("logistic",)  # model/baseline.py, built from the same config
 PRESETS = {
     # small: 2 heads in the encoders' self-attention (head dim 32) run ~3x faster on CPU than 8
-    "small": dict(d_model=64, survey_layers=2, source_layers=1, ff_mult=2, encoder_heads=2, question_readout=True),
-    "paper": dict(d_model=512, survey_layers=10, source_layers=2, ff_mult=4, encoder_heads=8, question_readout=True),
+    "small": dict(d_model=64, survey_layers=2, source_layers=1, ff_mult=2, encoder_heads=2, question_readout=True,
+                  output_gate=True),
+    "paper": dict(d_model=512, survey_layers=10, source_layers=2, ff_mult=4, encoder_heads=8, question_readout=True,
+                  output_gate=True),
 }
 
 
@@ -27,6 +29,12 @@ class TrainConfig:
     weight_decay: float = 0.01
     patience: int = 3  # epochs without a lower validation loss (each halves the learning rate)
     hide_fraction: float = 0.3
+    # modality dropout, LANTERN only (the fused model must know every state a user can be in):
+    # a training row scored without any external source, each source dropped on its own, and a
+    # row whose visible survey answers are all hidden (the external path learns to stand alone)
+    drop_context: float = 0.3
+    drop_source: float = 0.0
+    drop_survey: float = 0.15
     seed: int = 0
     eval_seed: int = 1234
     device: str = "auto"
@@ -45,3 +53,6 @@ class TrainConfig:
             raise ValueError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
         if not 0 < self.hide_fraction < 1:
             raise ValueError("hide_fraction must be between 0 and 1")
+        for name in ("drop_context", "drop_source", "drop_survey"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} must be in [0, 1)")

@@ -44,3 +44,33 @@ def test_every_source_misses_at_least_ten_percent_of_users(small_ds):
         covered = len(set(table.column("user_id").to_pylist()) & users) / len(users)
         assert covered <= 0.9, name
         assert pc.min(table.column("event_timestamp")).as_py() is not None
+
+
+def test_irrelevant_sources_add_noise_and_leave_the_informative_data_as_it_was():
+    from lantern.dataset.simulate import SimConfig, simulate
+
+    plain, noisy = simulate(SimConfig(users=400, seed=3)), simulate(SimConfig(users=400, seed=3, irrelevant_sources=2))
+    assert noisy.sessions.equals(plain.sessions)
+    for name, table in plain.external.items():  # byte for byte (NaNs compared as NaNs)
+        assert noisy.external[name].to_pandas().equals(table.to_pandas()), name
+    assert sorted(set(noisy.external) - set(plain.external)) == ["noise1", "noise2"]
+    extra = noisy.external["noise1"]
+    assert {"metric_0", "flag_0", "event_ids"} <= set(extra.column_names) and 0.7 < extra.num_rows / 400 < 0.95
+
+
+def test_the_placebo_gives_each_users_values_to_another_user():
+    from lantern.dataset.placebo import placebo
+    from lantern.dataset.simulate import SimConfig, simulate
+
+    ds = simulate(SimConfig(users=400, seed=3))
+    shuffled = placebo(ds, seed=1)
+    assert shuffled.sessions.equals(ds.sessions)
+    for name, table in ds.external.items():
+        other = shuffled.external[name]
+        for key in ("user_id", "event_timestamp"):  # who has the source, and when: unchanged
+            assert other.column(key).equals(table.column(key))
+        features = [c for c in table.column_names if c not in ("user_id", "event_timestamp")]
+        before = [repr(r) for r in table.select(features).to_pylist()]
+        after = [repr(r) for r in other.select(features).to_pylist()]
+        assert sorted(before) == sorted(after)  # the same rows of values ...
+        assert sum(a == b for a, b in zip(before, after)) < 0.05 * len(before)  # ... held by other users

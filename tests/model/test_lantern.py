@@ -163,3 +163,47 @@ def test_each_key_reads_its_own_questions_query_only(small_ds, encoded):
     own = torch.as_tensor(small_ds.questionnaire.key_question) == q
     assert moved[own].min().item() > 1e-5
     assert moved[~own].max().item() == 0.0
+
+
+def test_the_output_gate_spans_the_survey_only_and_the_fused_answer(small_ds, encoded):
+    """z_s + β ⊙ (z − z_s): β = 1 is the fused model, β = 0 its survey-only path, for users with
+    external data; users without any keep the survey-only answer exactly whatever β is."""
+    spec, data = encoded
+    model = _model(small_ds, spec, output_gate=True)
+    batch = _batch(data, range(200))
+    has = torch.stack([s.present for s in batch.sources]).any(0)
+    no_survey = _batch(data, range(200))
+    no_survey.q_idx.zero_()
+    no_survey.sel.zero_()
+    with torch.no_grad():
+        fused, survey = model(batch), model(batch, survey_only_path=True)
+        context = model(no_survey)  # the same weights with the survey closed
+        model.output_beta.zero_()
+        closed = model(batch)
+        model.output_beta.fill_(0.5)
+        half = model(batch)
+        model.output_beta.zero_()
+        model.output_beta_ext.fill_(1.0)
+        leaning = model(batch)
+    torch.testing.assert_close(closed, survey, atol=1e-6, rtol=0)
+    torch.testing.assert_close(half[has], (survey + 0.5 * (fused - survey))[has], atol=1e-5, rtol=0)
+    assert (half[~has] - survey[~has]).abs().max().item() <= 1e-6
+    torch.testing.assert_close(leaning[has], context[has], atol=1e-4, rtol=0)  # β_e = 1: the context alone
+    assert (leaning[~has] - survey[~has]).abs().max().item() <= 1e-6
+    assert {"output_beta", "output_beta_ext"} <= set(model.state_dict())  # saved and served with the weights
+
+
+def test_modality_dropout_closes_the_sources_it_drops(small_ds, encoded):
+    from lantern.settings.model import TrainConfig
+    from model.train import drop_modalities
+
+    spec, data = encoded
+    sources = [s.take(np.arange(400)) for s in data.sources]
+    before = np.stack([s.present for s in sources], 1)
+    frac = drop_modalities(sources, 400, TrainConfig(drop_context=0.5, drop_survey=0.25), np.random.default_rng(0))
+    after = np.stack([s.present for s in sources], 1)
+    assert not (after & ~before).any()  # nothing absent becomes present
+    dropped = before.any(1) & ~after.any(1)
+    assert 0.4 < dropped.sum() / before.any(1).sum() < 0.6  # whole rows lose their context
+    assert set(np.unique(frac)) == {0.3, 1.0} and 0.15 < (frac == 1.0).mean() < 0.35
+    assert data.sources[0].present[:400].tolist() == before[:, 0].tolist()  # the data set is untouched

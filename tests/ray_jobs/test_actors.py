@@ -8,6 +8,7 @@ import threading
 import uuid
 
 from ray_jobs.actors import run_actors, total
+from lantern.settings.scoring import ScoringConfig
 from ray_jobs.scorers import local_scorer_factory
 from streaming.events import sessions_to_events
 from streaming.kafka_io import KafkaConfig, ensure_topics, replay
@@ -24,7 +25,7 @@ def test_two_actor_consumers_share_the_partitions_and_score_every_session(ray_cl
     # the sessions arrive once both actors have joined the group (else the first may take them all)
     later = threading.Timer(8.0, replay, (cfg, events), {"progress": False})
     later.start()
-    make = local_scorer_factory(model_dirs[0][0], "cpu", sqlite_store[1], True, 0.5)
+    make = local_scorer_factory(model_dirs[0][0], "cpu", sqlite_store[1], True, ScoringConfig(threshold=0.5))
     stats = run_actors(2, make, cfg, idle_exit_s=12.0, num_cpus=0.5)
     later.join()
     assert len(stats) == 2 and all(s.consumed > 0 for s in stats)  # both actors got partitions
