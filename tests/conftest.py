@@ -18,8 +18,12 @@ from lantern.dataset.simulate import SimConfig, simulate
 # oversubscribe the cores); run alone (-n 0), two
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
-#: test folders whose tests start Ray (a local cluster, Serve, Ray Train), in-process or in a child
-RAY_FOLDERS = ("ray_jobs", "lantern")
+#: test folders whose tests start Ray → their xdist group. ``ray``: one local cluster in the pytest
+#: process (tests/ray_jobs/conftest.py), Serve and Ray Train on it; ``ray-cli``: commands in a child
+#: process, each with its own local Ray (demo, bench stream, the GPU check). The tests of a group
+#: run one after another in one worker; the two groups may run beside each other, so at most two
+#: local clusters at a time (no fixed ports: Serve's HTTP port comes from free_port or is off).
+RAY_GROUPS = {"ray_jobs": "ray", "lantern": "ray-cli"}
 
 # Serve's autoscaler counts ongoing requests reported by the replicas, not by the caller's handle:
 # the handle's reports from a pytest process (output captured) often never reached the controller,
@@ -55,11 +59,24 @@ def broker():
         yield b
 
 
-def pytest_collection_modifyitems(items):
-    """Every test that starts Ray runs in the same xdist worker, one after another (one Ray
-    cluster on the machine at a time, as in a serial run); the rest are shared out between
-    the workers. Most of the Ray tests wait on servers, so the other worker's tests fill the
-    cores meanwhile."""
-    for item in items:
-        if item.path.parent.name in RAY_FOLDERS:
-            item.add_marker(pytest.mark.xdist_group("ray"))
+def pytest_itemcollected(item):
+    """Each Ray test in its folder's group (RAY_GROUPS); the other tests are shared out between
+    the workers, and fill the cores while the Ray tests wait on servers. Marked as each test is
+    collected: xdist reads the mark into the test's id (``…::test_x@ray``, what `pytest -v`
+    shows) in its own collection_modifyitems, which runs before a conftest's."""
+    group = RAY_GROUPS.get(item.path.parent.name)
+    if group:
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_finish(session):
+    """Refuse to run when xdist's loadgroup would not keep each Ray group in one worker (pytest 9.2
+    moved a test's id where xdist 3.8 cannot rename it: both workers ran Ray tests at once)."""
+    if not session.config.getvalue("loadgroup"):
+        return
+    loose = [i.nodeid for i in session.items
+             if (g := RAY_GROUPS.get(i.path.parent.name)) and not i.nodeid.endswith(f"@{g}")]
+    if loose:
+        raise pytest.UsageError(f"the Ray tests are not grouped in xdist workers (first: {loose[0]}); "
+                                "pytest-xdist no longer renames test ids with this pytest")
